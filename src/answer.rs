@@ -1,0 +1,427 @@
+//! Turns a parsed policy and the operator's answer profile into the value of a Postfix
+//! `smtp_tls_policy_maps` answer (spec E1-E7, E13).
+//!
+//! This module knows Postfix's attribute syntax (`secure match=... servername=...` and the
+//! Postfix >= 3.10 TLSRPT attributes) but nothing about sockets or framing: the socketmap and
+//! `tcp_table` modules wrap its output, and tell it through `fits` how long an answer may be.
+
+use std::collections::HashSet;
+
+use crate::policy::{Mode, MxPattern, Policy};
+
+/// How policies are turned into answers; set by the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Answer `testing` policies like `enforce` ones (spec A6.5); off by default because RFC
+    /// 8461 §5 says testing must not affect delivery.
+    pub strict_testing: bool,
+    /// Add `servername=hostname`, which RFC 8461 §7.1 needs (SNI = MX host name) and Postfix
+    /// does not send by default (spec E4).
+    pub servername: bool,
+    /// Add the TLSRPT attributes (spec E6). Only Postfix >= 3.10 accepts them; older versions
+    /// defer all mail for the destination (spec B5), hence opt-in.
+    pub tlsrpt: bool,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            strict_testing: false,
+            servername: true,
+            tlsrpt: false,
+        }
+    }
+}
+
+/// The value of a found answer (without "OK "), or `None` for NOTFOUND.
+///
+/// Mode `none` gives `None` (RFC 8461 §5); `testing` gives `None` unless
+/// `profile.strict_testing` (spec A6.5); `enforce` gives `Some`. A policy without any `mx` also
+/// gives `None`, because `match=` with an empty list would not describe the policy.
+///
+/// `with_tlsrpt` adds the Postfix >= 3.10 TLSRPT attributes (spec E6). They are left out when
+/// `domain` is not a plain ASCII host name, because Postfix rejects the whole answer (and defers
+/// the mail) when `policy_domain` fails its `valid_hostname()` check (spec A9.2).
+#[must_use]
+pub fn render(
+    domain: &str,
+    policy: &Policy,
+    profile: &Profile,
+    with_tlsrpt: bool,
+) -> Option<String> {
+    let active = match policy.mode {
+        Mode::Enforce => true,
+        Mode::Testing => profile.strict_testing,
+        Mode::None => false,
+    };
+    if !active {
+        return None;
+    }
+    let patterns = unique_patterns(&policy.mx);
+    if patterns.is_empty() {
+        return None;
+    }
+
+    // Spec E2: in the policy table the only valid match separator is ":".
+    let mut out = String::from("secure match=");
+    let match_list: Vec<String> = patterns.iter().map(|p| p.match_form()).collect();
+    out.push_str(&match_list.join(":"));
+    if profile.servername {
+        out.push_str(" servername=hostname");
+    }
+
+    if with_tlsrpt && let Some(domain) = policy_domain(domain) {
+        // Spec E6: policy_type must come with the other STS attributes, or Postfix defers.
+        out.push_str(" policy_type=sts policy_domain=");
+        out.push_str(&domain);
+        for p in &patterns {
+            out.push_str(" mx_host_pattern=");
+            out.push_str(&p.policy_form());
+        }
+        // RFC 8460 §4.5: one policy-string entry per policy line, in file order.
+        for (key, value) in &policy.lines {
+            if representable(key) && representable(value) {
+                out.push_str(" { policy_string = ");
+                out.push_str(key);
+                out.push_str(": ");
+                out.push_str(value);
+                out.push_str(" }");
+            }
+        }
+    }
+    Some(out)
+}
+
+/// What to send for a lookup, given the transport's size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    /// The answer value (without "OK ").
+    Found(String),
+    NotFound,
+    /// Even the plain answer does not fit: the caller answers TEMP and logs an error (spec E13).
+    TooLarge,
+}
+
+/// Chooses what to send: with `profile.tlsrpt`, first the full TLSRPT answer; if `fits` rejects
+/// it, the plain answer (spec E13); if that does not fit either, [`Rendered::TooLarge`].
+pub fn render_fitting(
+    domain: &str,
+    policy: &Policy,
+    profile: &Profile,
+    fits: impl Fn(&str) -> bool,
+) -> Rendered {
+    if profile.tlsrpt
+        && let Some(full) = render(domain, policy, profile, true)
+        && fits(&full)
+    {
+        return Rendered::Found(full);
+    }
+    match render(domain, policy, profile, false) {
+        None => Rendered::NotFound,
+        Some(plain) if fits(&plain) => Rendered::Found(plain),
+        Some(_) => Rendered::TooLarge,
+    }
+}
+
+// Spec E4: policy order, no duplicates (first occurrence kept). Patterns are lowercase already,
+// so equal patterns are exactly the equal match= and mx_host_pattern entries.
+fn unique_patterns(mx: &[MxPattern]) -> Vec<&MxPattern> {
+    let mut seen = HashSet::new();
+    mx.iter().filter(|p| seen.insert(*p)).collect()
+}
+
+// Spec A9.2: policy_domain must be an ASCII host name. MxPattern::parse already implements the
+// LDH rules (A-labels only, no address literals), so reuse it and refuse wildcards.
+fn policy_domain(domain: &str) -> Option<String> {
+    MxPattern::parse(domain)
+        .ok()
+        .filter(|p| !p.is_wildcard())
+        .map(|p| p.policy_form())
+}
+
+// Spec E6: `{ name = value }` cannot carry braces, and anything outside printable ASCII could
+// break Postfix's attribute parsing (line breaks become spaces, the reply framing, logs).
+fn representable(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'{' && b != b'}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_policy;
+    use std::cell::RefCell;
+
+    const RFC_EXAMPLE: &str = "version: STSv1\n\
+                               mode: enforce\n\
+                               mx: mail.example.com\n\
+                               mx: *.example.net\n\
+                               mx: backupmx.example.com\n\
+                               max_age: 604800\n";
+
+    /// Spec E4, verbatim.
+    const E4: &str =
+        "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname";
+
+    /// Spec E6, verbatim.
+    const E6: &str = "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net } { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }";
+
+    fn policy(body: &str) -> Policy {
+        match parse_policy(body.as_bytes()) {
+            Ok(p) => p,
+            Err(e) => panic!("{body:?} rejected: {e}"),
+        }
+    }
+
+    fn with_mode(mode: &str) -> Policy {
+        policy(&RFC_EXAMPLE.replace("mode: enforce", &format!("mode: {mode}")))
+    }
+
+    fn profile(strict_testing: bool, servername: bool, tlsrpt: bool) -> Profile {
+        Profile {
+            strict_testing,
+            servername,
+            tlsrpt,
+        }
+    }
+
+    #[test]
+    fn spec_e4_profile_default() {
+        assert_eq!(Profile::default(), profile(false, true, false));
+    }
+
+    #[test]
+    fn spec_e4_rfc8461_3_2_example_plain_answer_byte_for_byte() {
+        let p = policy(RFC_EXAMPLE);
+        assert_eq!(
+            render("example.com", &p, &Profile::default(), false).as_deref(),
+            Some(E4)
+        );
+    }
+
+    #[test]
+    fn spec_e6_rfc8461_3_2_example_tlsrpt_answer_byte_for_byte() {
+        let p = policy(RFC_EXAMPLE);
+        assert_eq!(
+            render("example.com", &p, &Profile::default(), true).as_deref(),
+            Some(E6)
+        );
+        // CRLF and extra whitespace in the file do not change the answer.
+        let messy = policy(&RFC_EXAMPLE.replace(": ", ":\t ").replace('\n', " \r\n\r\n"));
+        assert_eq!(
+            render("example.com", &messy, &Profile::default(), true).as_deref(),
+            Some(E6)
+        );
+    }
+
+    #[test]
+    fn rfc8461_5_mode_none_is_notfound() {
+        let p = with_mode("none");
+        for prof in [
+            profile(false, true, false),
+            profile(true, true, true),
+            profile(true, false, false),
+        ] {
+            assert_eq!(render("example.com", &p, &prof, false), None);
+            assert_eq!(render("example.com", &p, &prof, true), None);
+            assert_eq!(
+                render_fitting("example.com", &p, &prof, |_| true),
+                Rendered::NotFound
+            );
+        }
+    }
+
+    #[test]
+    fn rfc8461_5_mode_testing_is_notfound_unless_strict_testing() {
+        let p = with_mode("testing");
+        assert_eq!(render("example.com", &p, &Profile::default(), false), None);
+        assert_eq!(render("example.com", &p, &Profile::default(), true), None);
+        let strict = profile(true, true, false);
+        assert_eq!(
+            render("example.com", &p, &strict, false).as_deref(),
+            Some(E4)
+        );
+        // The policy_string then says "mode: testing", as in the file.
+        assert_eq!(
+            render("example.com", &p, &strict, true),
+            Some(E6.replace("mode: enforce", "mode: testing"))
+        );
+    }
+
+    #[test]
+    fn rfc8461_7_1_servername_can_be_turned_off() {
+        let p = policy(RFC_EXAMPLE);
+        let prof = profile(false, false, false);
+        assert_eq!(
+            render("example.com", &p, &prof, false).as_deref(),
+            Some("secure match=mail.example.com:.example.net:backupmx.example.com")
+        );
+        assert_eq!(
+            render("example.com", &p, &prof, true),
+            Some(E6.replace(" servername=hostname", ""))
+        );
+    }
+
+    #[test]
+    fn spec_e3_wildcards_become_dot_prefixed_match_patterns() {
+        let p = policy(
+            "version: STSv1\nmode: enforce\nmx: *.MX.Example.org\nmx: Mail.Example.org\nmax_age: 1\n",
+        );
+        assert_eq!(
+            render("example.org", &p, &profile(false, false, true), true).as_deref(),
+            Some(
+                "secure match=.mx.example.org:mail.example.org policy_type=sts \
+                 policy_domain=example.org mx_host_pattern=*.mx.example.org \
+                 mx_host_pattern=mail.example.org { policy_string = version: STSv1 } \
+                 { policy_string = mode: enforce } { policy_string = mx: *.MX.Example.org } \
+                 { policy_string = mx: Mail.Example.org } { policy_string = max_age: 1 }"
+            )
+        );
+    }
+
+    #[test]
+    fn spec_e4_patterns_deduplicated_first_occurrence_kept() {
+        let p = policy(
+            "version: STSv1\nmode: enforce\nmx: b.example\nmx: *.a.example\nmx: B.EXAMPLE\n\
+             mx: c.example\nmx: *.A.example\nmx: b.example\nmax_age: 1\n",
+        );
+        assert_eq!(
+            render("example", &p, &Profile::default(), false).as_deref(),
+            Some("secure match=b.example:.a.example:c.example servername=hostname")
+        );
+        let full = render("example", &p, &Profile::default(), true).unwrap_or_default();
+        assert!(full.contains(
+            " mx_host_pattern=b.example mx_host_pattern=*.a.example mx_host_pattern=c.example {"
+        ));
+        // policy_string keeps every line, duplicates included (RFC 8460 §4.5).
+        assert_eq!(full.matches("{ policy_string = mx: ").count(), 6);
+        assert!(full.contains("{ policy_string = mx: B.EXAMPLE }"));
+    }
+
+    #[test]
+    fn spec_e6_lines_postfix_cannot_carry_are_left_out() {
+        let p = policy(
+            "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n\
+             open: a{b\nclose: a}b\nname: {x}\nutf8: café\nc1: a\u{85}b\nok: plain text = 1, 2\n\
+             last: ~!@#$%^&*()_+`-=[]|;'\\\",./<>?\n",
+        );
+        let full = render("example.com", &p, &Profile::default(), true).unwrap_or_default();
+        for gone in ["open", "close", "name", "utf8", "c1"] {
+            assert!(
+                !full.contains(&format!("policy_string = {gone}:")),
+                "{gone} kept: {full}"
+            );
+        }
+        assert!(full.ends_with(
+            "{ policy_string = max_age: 86400 } { policy_string = ok: plain text = 1, 2 } \
+             { policy_string = last: ~!@#$%^&*()_+`-=[]|;'\\\",./<>? }"
+        ));
+        assert!(full.is_ascii());
+        assert_eq!(full.matches('{').count(), full.matches('}').count());
+    }
+
+    #[test]
+    fn rfc8460_4_4_policy_domain_must_be_an_a_label_host_name() {
+        let p = policy(RFC_EXAMPLE);
+        // Upper case is normalized; the domain keeps its A-label spelling.
+        assert_eq!(
+            render("Example.COM", &p, &Profile::default(), true).as_deref(),
+            Some(E6)
+        );
+        let idn =
+            render("xn--bcher-kva.example", &p, &Profile::default(), true).unwrap_or_default();
+        assert!(idn.contains(" policy_domain=xn--bcher-kva.example "));
+        // Anything Postfix's valid_hostname() would reject: plain answer, never a broken one.
+        for bad in [
+            "bücher.example",
+            "",
+            "example.com.",
+            "*.example.com",
+            "192.0.2.1",
+            "exa mple.com",
+            "example.com}",
+        ] {
+            assert_eq!(
+                render(bad, &p, &Profile::default(), true).as_deref(),
+                Some(E4),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_e4_never_an_empty_match_list() {
+        // A parsed enforce policy always has mx; guard against hand-built ones anyway.
+        let mut p = policy(RFC_EXAMPLE);
+        p.mx.clear();
+        assert_eq!(render("example.com", &p, &Profile::default(), false), None);
+        assert_eq!(render("example.com", &p, &Profile::default(), true), None);
+        assert_eq!(
+            render_fitting("example.com", &p, &profile(false, true, true), |_| true),
+            Rendered::NotFound
+        );
+    }
+
+    #[test]
+    fn spec_e13_render_fitting_prefers_tlsrpt_then_plain_then_too_large() {
+        let p = policy(RFC_EXAMPLE);
+        let tlsrpt = profile(false, true, true);
+        let limit = |n: usize| move |s: &str| s.len() <= n;
+        assert_eq!(
+            render_fitting("example.com", &p, &tlsrpt, limit(E6.len())),
+            Rendered::Found(E6.to_owned())
+        );
+        assert_eq!(
+            render_fitting("example.com", &p, &tlsrpt, limit(E6.len() - 1)),
+            Rendered::Found(E4.to_owned())
+        );
+        assert_eq!(
+            render_fitting("example.com", &p, &tlsrpt, limit(E4.len())),
+            Rendered::Found(E4.to_owned())
+        );
+        assert_eq!(
+            render_fitting("example.com", &p, &tlsrpt, limit(E4.len() - 1)),
+            Rendered::TooLarge
+        );
+        // Without the tlsrpt profile the TLSRPT form is never offered.
+        let asked = RefCell::new(Vec::new());
+        let r = render_fitting("example.com", &p, &Profile::default(), |s| {
+            asked.borrow_mut().push(s.to_owned());
+            true
+        });
+        assert_eq!(r, Rendered::Found(E4.to_owned()));
+        assert_eq!(asked.into_inner(), [E4]);
+        // NotFound wins over size: nothing to send, nothing to measure.
+        let testing = with_mode("testing");
+        assert_eq!(
+            render_fitting("example.com", &testing, &tlsrpt, |_| false),
+            Rendered::NotFound
+        );
+    }
+
+    #[test]
+    fn spec_e13_large_policy_falls_back_to_plain_answer() {
+        let mut body = String::from(RFC_EXAMPLE);
+        for i in 0..2000 {
+            body.push_str(&format!("x-note{i}: padding line\n"));
+        }
+        let p = policy(&body);
+        let socketmap_like = |s: &str| s.len() + 3 <= 100_000;
+        let full = render("example.com", &p, &Profile::default(), true).unwrap_or_default();
+        assert!(full.len() > 60_000);
+        assert_eq!(
+            render_fitting("example.com", &p, &profile(false, true, true), |s| s.len()
+                <= 4096),
+            Rendered::Found(E4.to_owned())
+        );
+        assert_eq!(
+            render_fitting(
+                "example.com",
+                &p,
+                &profile(false, true, true),
+                socketmap_like
+            ),
+            Rendered::Found(full)
+        );
+    }
+}

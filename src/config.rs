@@ -1,0 +1,607 @@
+//! Configuration: one TOML file → a validated [`Config`] of typed values.
+//!
+//! Owns the operator interface (key names, defaults, limits) and nothing else: it reads one file,
+//! opens no socket and sets no global. Unknown keys are rejected so that a typo is an error, not a
+//! silently ignored setting. Every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::answer::Profile;
+
+/// Where `serve`, `query` and `check-config` look when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/mta-sts-policyd/config.toml";
+
+/// The map profile used for socketmap names without a table of their own.
+pub const DEFAULT_MAP: &str = "default";
+
+/// RFC 8461 §3.3 suggests one minute for the policy fetch; more would keep a Postfix lookup waiting
+/// past any sensible deadline (Postfix gives up after 100 s, spec C8).
+const MAX_HTTPS_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A listener address as written in the config: `inet:HOST:PORT` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "inet:{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: a unix socket path must be absolute"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let rest = s
+            .strip_prefix("inet:")
+            .ok_or_else(|| format!("{s:?}: expected \"inet:HOST:PORT\" or \"unix:/path\""))?;
+        // Accept both "127.0.0.1:8461" and "[::1]:8461"; host names are refused on purpose: the
+        // listener must not depend on DNS at start-up.
+        rest.parse::<SocketAddr>()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?}: expected inet:IP:PORT with a literal IP address"))
+    }
+}
+
+/// One Postfix protocol's listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    pub listen: Vec<ListenAddr>,
+    /// Mode of `unix:` sockets; Postfix's smtp(8) runs as another user, so the default is 0666.
+    pub unix_mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Empty: the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsConfig {
+    /// Whole fetch: resolving the policy host, connect, TLS, headers and body.
+    pub timeout: Duration,
+    pub ca_files: Vec<PathBuf>,
+    /// RFC 8461 §3.2 fetches from port 443; another port exists for test worlds and labs only.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A Postfix connection with no request for this long is closed. tcp_table clients never hang
+    /// up on their own (tcp_table(5) BUGS), so this must be long; Postfix reconnects when needed.
+    pub idle_timeout: Duration,
+    /// From the first byte of a request to its last, and for writing a reply: a client that
+    /// trickles bytes or never reads cannot hold a connection slot for ever.
+    pub request_timeout: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from, or None when the defaults were used because it did not exist.
+    pub path: Option<PathBuf>,
+    pub socketmap: Listeners,
+    pub tcp_table: Listeners,
+    /// The map profile used for tcp_table answers (tcp_table has no map name on the wire).
+    pub tcp_table_map: String,
+    pub dns: DnsConfig,
+    pub https: HttpsConfig,
+    /// Always contains [`DEFAULT_MAP`].
+    pub maps: BTreeMap<String, Profile>,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// The profile for a socketmap map name; unknown names use `default`.
+    pub fn profile(&self, map: &str) -> &Profile {
+        self.maps
+            .get(map)
+            .or_else(|| self.maps.get(DEFAULT_MAP))
+            .unwrap_or(&DEFAULT_PROFILE)
+    }
+
+    pub fn tcp_table_profile(&self) -> &Profile {
+        self.profile(&self.tcp_table_map)
+    }
+
+    /// Upper bound for a cold lookup: the TXT query plus the whole fetch. Each is bounded on its
+    /// own, so the sum is what a Postfix client may wait for the first answer for a domain.
+    pub fn lookup_deadline(&self) -> Duration {
+        self.dns.timeout + self.https.timeout
+    }
+
+    /// Reads `path`. A file that does not exist gives the defaults (so `serve` works with no setup);
+    /// any other read error, a syntax error or an invalid value is a [`ConfigError`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut c = Config::parse("", None)?;
+                c.path = None;
+                Ok(c)
+            }
+            Err(e) => Err(ConfigError {
+                file: path.display().to_string(),
+                key: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<defaults>".to_string());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: None,
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        raw.validate(&file, path)
+    }
+}
+
+static DEFAULT_PROFILE: Profile = Profile {
+    strict_testing: false,
+    servername: true,
+    tlsrpt: false,
+};
+
+/// A configuration problem, naming the file and (when known) the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "{}: {}: {}", self.file, k, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    socketmap: RawSocketmap,
+    tcp_table: RawTcpTable,
+    dns: RawDns,
+    https: RawHttps,
+    maps: BTreeMap<String, RawMap>,
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSocketmap {
+    listen: Vec<String>,
+    unix_mode: String,
+}
+
+impl Default for RawSocketmap {
+    fn default() -> Self {
+        RawSocketmap {
+            listen: vec!["inet:127.0.0.1:8461".to_string()],
+            unix_mode: "0666".to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTcpTable {
+    listen: Vec<String>,
+    unix_mode: String,
+    map: String,
+}
+
+impl Default for RawTcpTable {
+    fn default() -> Self {
+        RawTcpTable {
+            listen: Vec::new(),
+            unix_mode: "0666".to_string(),
+            map: DEFAULT_MAP.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    nameservers: Vec<String>,
+    timeout: String,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            nameservers: Vec::new(),
+            timeout: "5s".to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttps {
+    timeout: String,
+    ca_files: Vec<PathBuf>,
+    port: u16,
+}
+
+impl Default for RawHttps {
+    fn default() -> Self {
+        RawHttps {
+            timeout: "10s".to_string(),
+            ca_files: Vec::new(),
+            port: 443,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMap {
+    strict_testing: bool,
+    servername: bool,
+    tlsrpt: bool,
+}
+
+impl Default for RawMap {
+    fn default() -> Self {
+        RawMap {
+            strict_testing: DEFAULT_PROFILE.strict_testing,
+            servername: DEFAULT_PROFILE.servername,
+            tlsrpt: DEFAULT_PROFILE.tlsrpt,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_connections: usize,
+    idle_timeout: String,
+    request_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            // Postfix runs up to default_process_limit (100) smtp(8) processes per transport, each
+            // with its own connection; a busy relay with several transports stays well below this.
+            max_connections: 4096,
+            idle_timeout: "1h".to_string(),
+            request_timeout: "10s".to_string(),
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, file: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: Some(key.to_string()),
+            message,
+        };
+        let listeners = |key: &str, list: &[String]| -> Result<Vec<ListenAddr>, ConfigError> {
+            list.iter()
+                .map(|s| ListenAddr::parse(s).map_err(|m| err(key, m)))
+                .collect()
+        };
+        let mode = |key: &str, s: &str| -> Result<u32, ConfigError> {
+            u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    err(
+                        key,
+                        format!("{s:?} is not an octal file mode such as \"0660\""),
+                    )
+                })
+        };
+        let duration = |key: &str, s: &str, min: Duration, max: Duration| {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| err(key, format!("{s:?} is not a duration such as \"5s\": {e}")))?;
+            if d < min || d > max {
+                return Err(err(
+                    key,
+                    format!(
+                        "{s:?} is out of range ({} to {})",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+
+        let socketmap = Listeners {
+            listen: listeners("socketmap.listen", &self.socketmap.listen)?,
+            unix_mode: mode("socketmap.unix_mode", &self.socketmap.unix_mode)?,
+        };
+        let tcp_table = Listeners {
+            listen: listeners("tcp_table.listen", &self.tcp_table.listen)?,
+            unix_mode: mode("tcp_table.unix_mode", &self.tcp_table.unix_mode)?,
+        };
+        if socketmap.listen.is_empty() && tcp_table.listen.is_empty() {
+            return Err(err(
+                "socketmap.listen",
+                "no listener configured: set socketmap.listen or tcp_table.listen".to_string(),
+            ));
+        }
+        let mut seen = Vec::new();
+        for a in socketmap.listen.iter().chain(&tcp_table.listen) {
+            // Port 0 asks the kernel for a free port, so several of them never clash.
+            let any_port = matches!(a, ListenAddr::Tcp(s) if s.port() == 0);
+            if !any_port && seen.contains(&a) {
+                return Err(err("tcp_table.listen", format!("{a} is configured twice")));
+            }
+            seen.push(a);
+        }
+
+        let nameservers = self
+            .dns
+            .nameservers
+            .iter()
+            .map(|s| parse_nameserver(s).map_err(|m| err("dns.nameservers", m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dns = DnsConfig {
+            nameservers,
+            timeout: duration(
+                "dns.timeout",
+                &self.dns.timeout,
+                MIN_TIMEOUT,
+                MAX_DNS_TIMEOUT,
+            )?,
+        };
+
+        let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
+        let mut ca_files = Vec::new();
+        for f in self.https.ca_files {
+            // Relative paths are relative to the config file, not to the daemon's working
+            // directory, which systemd sets to /.
+            let f = if f.is_relative() { base.join(f) } else { f };
+            if !f.is_file() {
+                return Err(err(
+                    "https.ca_files",
+                    format!("{} does not exist or is not a file", f.display()),
+                ));
+            }
+            ca_files.push(f);
+        }
+        if self.https.port == 0 {
+            return Err(err("https.port", "must be 1..65535".to_string()));
+        }
+        let https = HttpsConfig {
+            timeout: duration(
+                "https.timeout",
+                &self.https.timeout,
+                MIN_TIMEOUT,
+                MAX_HTTPS_TIMEOUT,
+            )?,
+            ca_files,
+            port: self.https.port,
+        };
+
+        let mut maps: BTreeMap<String, Profile> = self
+            .maps
+            .into_iter()
+            .map(|(name, m)| {
+                (
+                    name,
+                    Profile {
+                        strict_testing: m.strict_testing,
+                        servername: m.servername,
+                        tlsrpt: m.tlsrpt,
+                    },
+                )
+            })
+            .collect();
+        for name in maps.keys() {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
+                return Err(err(
+                    &format!("maps.{name}"),
+                    "a map name cannot be empty or contain spaces or ':' (Postfix takes the text after the last ':' as the name)".to_string(),
+                ));
+            }
+        }
+        maps.entry(DEFAULT_MAP.to_string())
+            .or_insert_with(|| DEFAULT_PROFILE.clone());
+        if !maps.contains_key(&self.tcp_table.map) {
+            return Err(err(
+                "tcp_table.map",
+                format!("no [maps.{}] table", self.tcp_table.map),
+            ));
+        }
+
+        if self.limits.max_connections == 0 || self.limits.max_connections > 1_000_000 {
+            return Err(err(
+                "limits.max_connections",
+                "must be 1..1000000".to_string(),
+            ));
+        }
+        let limits = Limits {
+            max_connections: self.limits.max_connections,
+            idle_timeout: duration(
+                "limits.idle_timeout",
+                &self.limits.idle_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            request_timeout: duration(
+                "limits.request_timeout",
+                &self.limits.request_timeout,
+                MIN_TIMEOUT,
+                Duration::from_secs(100),
+            )?,
+        };
+
+        Ok(Config {
+            path: path.map(Path::to_path_buf),
+            socketmap,
+            tcp_table,
+            tcp_table_map: self.tcp_table.map,
+            dns,
+            https,
+            maps,
+            limits,
+        })
+    }
+}
+
+fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "{s:?}: expected an IP address with an optional port, e.g. \"127.0.0.1:53\" or \"[::1]:53\""
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(
+            c.socketmap.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:8461".parse().unwrap())]
+        );
+        assert_eq!(c.socketmap.unix_mode, 0o666);
+        assert!(c.tcp_table.listen.is_empty());
+        assert_eq!(c.tcp_table_map, "default");
+        assert_eq!(c.dns.timeout, Duration::from_secs(5));
+        assert_eq!(c.https.timeout, Duration::from_secs(10));
+        assert_eq!(c.https.port, 443);
+        assert_eq!(c.lookup_deadline(), Duration::from_secs(15));
+        assert_eq!(c.profile("anything"), &DEFAULT_PROFILE);
+        assert!(c.profile("postfix").servername);
+    }
+
+    #[test]
+    fn example_config_is_valid_and_matches_defaults() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::parse(text, None).unwrap();
+        let d = Config::parse("", None).unwrap();
+        assert_eq!(c, d, "config.example.toml must document the defaults");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = Config::parse("[dns]\ntimout = \"5s\"\n", Some(Path::new("/x.toml"))).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/x.toml: "), "{s}");
+        assert!(s.contains("timout"), "{s}");
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let cases = [
+            ("[dns]\ntimeout = \"five\"\n", "dns.timeout"),
+            ("[https]\ntimeout = \"2m\"\n", "https.timeout"),
+            (
+                "[socketmap]\nlisten = [\"127.0.0.1:1\"]\n",
+                "socketmap.listen",
+            ),
+            (
+                "[socketmap]\nlisten = [\"unix:rel.sock\"]\n",
+                "socketmap.listen",
+            ),
+            ("[socketmap]\nunix_mode = \"999\"\n", "socketmap.unix_mode"),
+            ("[dns]\nnameservers = [\"ns.example\"]\n", "dns.nameservers"),
+            ("[tcp_table]\nmap = \"nope\"\n", "tcp_table.map"),
+            (
+                "[https]\nca_files = [\"/does/not/exist.pem\"]\n",
+                "https.ca_files",
+            ),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            (
+                "[socketmap]\nlisten = []\n[tcp_table]\nlisten = []\n",
+                "socketmap.listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text, Some(Path::new("/etc/x.toml"))).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert_eq!(e.file, "/etc/x.toml");
+        }
+    }
+
+    #[test]
+    fn maps_and_listeners_parse() {
+        let c = Config::parse(
+            r#"
+[socketmap]
+listen = ["inet:[::1]:8461", "unix:/run/x/socketmap.sock"]
+unix_mode = "0660"
+[tcp_table]
+listen = ["inet:127.0.0.1:8462"]
+map = "tlsrpt"
+[dns]
+nameservers = ["127.0.0.1:5353", "::1"]
+[maps.tlsrpt]
+tlsrpt = true
+[maps.strict]
+strict_testing = true
+servername = false
+"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.socketmap.listen.len(), 2);
+        assert_eq!(c.socketmap.unix_mode, 0o660);
+        assert_eq!(
+            c.dns.nameservers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert!(c.tcp_table_profile().tlsrpt);
+        assert!(c.profile("strict").strict_testing);
+        assert!(!c.profile("strict").servername);
+        assert!(!c.profile("postfix").tlsrpt, "unknown names use default");
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let c = Config::load(Path::new("/nonexistent/mta-sts-policyd.toml")).unwrap();
+        assert_eq!(c.path, None);
+        assert_eq!(c.https.port, 443);
+    }
+}

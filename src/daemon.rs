@@ -1,0 +1,124 @@
+//! Starting and stopping the serving part of the daemon: build the resolver, bind every listener,
+//! run them until told to stop. Used by `serve` and by the integration tests, which start the real
+//! daemon in-process on port 0.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::{Config, ListenAddr};
+use crate::resolve::Resolver;
+use crate::server::{self, Listener, Protocol, Shared};
+use crate::source::PolicySource;
+
+/// Upper bound on cached domains (policies and remembered negatives). At about 1 KiB each this
+/// bounds the cache to roughly 1 GiB in the worst case.
+const CACHE_ENTRIES: usize = 1_000_000;
+
+/// How long `shutdown` waits for listeners and connections to finish their current request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Daemon {
+    resolver: Arc<Resolver>,
+    bound: Vec<(Protocol, ListenAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Daemon {
+    /// Binds every configured listener and starts serving. Fails without serving anything if any
+    /// listener cannot be bound: a partly started daemon would hide a misconfiguration.
+    pub async fn start(
+        config: Arc<Config>,
+        source: Arc<dyn PolicySource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Daemon, StartError> {
+        let capacity = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        let resolver = Arc::new(Resolver::new(
+            Cache::new(capacity),
+            source,
+            clock,
+            config.lookup_deadline(),
+        ));
+        let mut listeners = Vec::new();
+        for (protocol, l) in [
+            (Protocol::Socketmap, &config.socketmap),
+            (Protocol::TcpTable, &config.tcp_table),
+        ] {
+            for addr in &l.listen {
+                let listener = Listener::bind(addr, l.unix_mode).await.map_err(|e| {
+                    StartError(format!(
+                        "cannot listen on {addr} ({}): {e}",
+                        protocol.name()
+                    ))
+                })?;
+                listeners.push((protocol, listener));
+            }
+        }
+        let shared = Arc::new(Shared {
+            resolver: resolver.clone(),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+        });
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut bound = Vec::new();
+        for (protocol, listener) in listeners {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError(format!("listener address: {e}")))?;
+            bound.push((protocol, addr));
+            tasks.spawn(server::run_listener(
+                listener,
+                protocol,
+                shared.clone(),
+                rx.clone(),
+            ));
+        }
+        Ok(Daemon {
+            resolver,
+            bound,
+            shutdown: tx,
+            tasks,
+        })
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    /// Bound addresses of one protocol, with the real port when the config said 0.
+    pub fn addrs(&self, protocol: Protocol) -> Vec<ListenAddr> {
+        self.bound
+            .iter()
+            .filter(|(p, _)| *p == protocol)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Stops accepting, lets connections finish their current request, removes unix sockets.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! mta-sts-policyd: MTA-STS (RFC 8461) policy daemon for Postfix `smtp_tls_policy_maps`.
+//!
+//! The library holds every module so that integration tests, benches and fuzz targets can reach
+//! them; `main.rs` only wires them together. Call directions: `server → proto, resolve`;
+//! `resolve → cache, discovery, key`; `discovery → source, policy`; `source → dns, fetch`.
+#![forbid(unsafe_code)]
+
+pub mod answer;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod dns;
+pub mod fetch;
+pub mod key;
+pub mod policy;
+pub mod proto;
+pub mod resolve;
+pub mod server;
+pub mod source;

@@ -1,0 +1,427 @@
+//! Postfix listeners: accept (with a connection cap), read frames under an idle timeout and a
+//! per-request deadline, resolve, render, write. Never calls DNS or HTTPS itself.
+//!
+//! Each connection owns its own decoder (a shared decoder let replies cross between clients in
+//! another daemon, CVE-2019-16791) and answers its requests strictly in order. A broken frame
+//! closes that one connection; every other client keeps being served.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tracing::{debug, error, info, warn};
+
+use crate::answer::{self, Profile, Rendered};
+use crate::config::{Config, ListenAddr};
+use crate::proto::{Reply, socketmap, tcp_table};
+use crate::resolve::{Lookup, Resolution, Resolver};
+
+/// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS ...): retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How much a connection reads at a time. Requests are tens of bytes; the decoders bound the
+/// buffer to one maximal frame plus this.
+const READ_CHUNK: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Socketmap,
+    TcpTable,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Socketmap => "socketmap",
+            Protocol::TcpTable => "tcp_table",
+        }
+    }
+}
+
+/// A bound listening socket. Unix sockets remember their path so it can be removed at shutdown.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds one configured address. A stale unix socket file left by a crash is replaced, but a
+    /// socket another process still answers on is not stolen.
+    pub async fn bind(addr: &ListenAddr, unix_mode: u32) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if !meta.file_type().is_socket() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("{} is in use by another process", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                let l = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    /// The address actually bound (the real port when the config said 0).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(l) => Ok(ListenAddr::Tcp(l.local_addr()?)),
+            Listener::Unix(_, p) => Ok(ListenAddr::Unix(p.clone())),
+        }
+    }
+
+    fn unix_path(&self) -> Option<&Path> {
+        match self {
+            Listener::Unix(_, p) => Some(p),
+            Listener::Tcp(_) => None,
+        }
+    }
+}
+
+/// What every connection needs: the resolver, the config (profiles, limits) and the shared cap.
+pub struct Shared {
+    pub resolver: Arc<Resolver>,
+    pub config: Arc<Config>,
+    pub connections: Arc<Semaphore>,
+}
+
+/// Accepts connections until `shutdown` turns true. Holding a permit before accepting makes the
+/// cap a real bound: beyond it, clients wait in the kernel's accept queue instead of being cut off.
+pub async fn run_listener(
+    listener: Listener,
+    protocol: Protocol,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(protocol = protocol.name(), listen = addr, "listening");
+    let mut cap_warned = false;
+    loop {
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => {
+                cap_warned = false;
+                p
+            }
+            Err(_) => {
+                if !cap_warned {
+                    warn!(
+                        protocol = protocol.name(),
+                        max_connections = shared.config.limits.max_connections,
+                        "connection limit reached; new clients wait in the accept queue"
+                    );
+                    cap_warned = true;
+                }
+                tokio::select! {
+                    p = shared.connections.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok(stream) => {
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match stream {
+                        Stream::Tcp(s) => {
+                            let _ = s.set_nodelay(true);
+                            serve_connection(s, protocol, &shared, shutdown).await
+                        }
+                        Stream::Unix(s) => serve_connection(s, protocol, &shared, shutdown).await,
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(protocol = protocol.name(), error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    if let Some(p) = listener.unix_path() {
+        let _ = std::fs::remove_file(p);
+    }
+    debug!(
+        protocol = protocol.name(),
+        listen = addr,
+        "listener stopped"
+    );
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> io::Result<Stream> {
+    match l {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+    }
+}
+
+/// Why a connection ended early; logged once.
+enum Close {
+    Eof,
+    Idle,
+    Shutdown,
+    Slow,
+    Frame(String),
+    Io(io::Error),
+}
+
+/// One connection's life: decode every complete request in the buffer, answer each in order,
+/// write the replies, read more. The idle timeout applies while no request has started; once the
+/// first byte of a request arrives it must be complete within `request_timeout`.
+async fn serve_connection<S>(
+    mut stream: S,
+    protocol: Protocol,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &shared.config.limits;
+    let mut codec = Codec::new(protocol);
+    let mut buf = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(512);
+    let mut started: Option<Instant> = None;
+    let close = loop {
+        // Answer everything already complete; pipelined requests are answered in order.
+        let mut fatal = None;
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(req)) => {
+                    let reply = answer(req, protocol, shared).await;
+                    codec.encode(&reply, &mut out);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(reply) = e.reply {
+                        codec.encode(&reply, &mut out);
+                    }
+                    fatal = Some(Close::Frame(e.message));
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            match tokio::time::timeout(limits.request_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => out.clear(),
+                Ok(Err(e)) => break Close::Io(e),
+                Err(_) => break Close::Slow,
+            }
+        }
+        if let Some(f) = fatal {
+            break f;
+        }
+        started = if buf.is_empty() {
+            None
+        } else {
+            started.or_else(|| Some(Instant::now()))
+        };
+        let deadline = match started {
+            Some(t) => t + limits.request_timeout,
+            None => Instant::now() + limits.idle_timeout,
+        };
+        buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+            _ = shutdown.wait_for(|s| *s) => break Close::Shutdown,
+        };
+        match read {
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    break Close::Frame("connection closed in the middle of a request".into());
+                }
+                break Close::Eof;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Close::Io(e),
+            Err(_) if started.is_some() => break Close::Slow,
+            Err(_) => break Close::Idle,
+        }
+    };
+    let _ = stream.shutdown().await;
+    match close {
+        Close::Eof | Close::Shutdown => {}
+        Close::Idle => debug!(protocol = protocol.name(), "idle connection closed"),
+        Close::Slow => warn!(
+            protocol = protocol.name(),
+            "request or reply took longer than limits.request_timeout; connection closed"
+        ),
+        Close::Frame(m) => warn!(
+            protocol = protocol.name(),
+            error = m,
+            "bad request frame; connection closed"
+        ),
+        Close::Io(e) => debug!(protocol = protocol.name(), error = %e, "connection error"),
+    }
+}
+
+/// A decoded request, protocol-neutral.
+enum Request {
+    Lookup {
+        map: Option<String>,
+        key: bytes::Bytes,
+    },
+    Invalid(&'static str),
+}
+
+struct FatalFrame {
+    message: String,
+    reply: Option<Reply>,
+}
+
+/// The two codecs behind one interface for the connection loop.
+enum Codec {
+    Socketmap(socketmap::SocketmapCodec),
+    TcpTable(tcp_table::TcpTableCodec),
+}
+
+impl Codec {
+    fn new(p: Protocol) -> Codec {
+        match p {
+            Protocol::Socketmap => Codec::Socketmap(socketmap::SocketmapCodec::default()),
+            Protocol::TcpTable => Codec::TcpTable(tcp_table::TcpTableCodec::default()),
+        }
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, FatalFrame> {
+        match self {
+            Codec::Socketmap(c) => match c.decode(buf) {
+                Ok(Some(socketmap::Request::Lookup { map, key })) => Ok(Some(Request::Lookup {
+                    map: Some(map),
+                    key,
+                })),
+                Ok(Some(socketmap::Request::Invalid(why))) => Ok(Some(Request::Invalid(why))),
+                Ok(None) => Ok(None),
+                Err(socketmap::FrameError::TooLarge(n)) => Err(FatalFrame {
+                    message: format!(
+                        "request netstring of {n} bytes or more exceeds {}",
+                        socketmap::MAX_REQUEST
+                    ),
+                    // Spec C7.2: say why before closing, so the Postfix log shows it.
+                    reply: Some(Reply::Perm("request too large".into())),
+                }),
+                Err(e) => Err(FatalFrame {
+                    message: e.to_string(),
+                    reply: None,
+                }),
+            },
+            Codec::TcpTable(c) => match c.decode(buf) {
+                Ok(Some(tcp_table::Request::Get(key))) => {
+                    Ok(Some(Request::Lookup { map: None, key }))
+                }
+                Ok(Some(tcp_table::Request::Invalid(why))) => Ok(Some(Request::Invalid(why))),
+                Ok(None) => Ok(None),
+                Err(tcp_table::FrameError::TooLarge) => Err(FatalFrame {
+                    message: format!("request line longer than {} bytes", tcp_table::MAX_LINE),
+                    reply: Some(Reply::Perm("request too large".into())),
+                }),
+                Err(e) => Err(FatalFrame {
+                    message: e.to_string(),
+                    reply: None,
+                }),
+            },
+        }
+    }
+
+    fn encode(&self, reply: &Reply, out: &mut BytesMut) {
+        match self {
+            Codec::Socketmap(_) => socketmap::encode_reply(reply, out),
+            Codec::TcpTable(_) => tcp_table::encode_reply(reply, out),
+        }
+    }
+}
+
+async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
+    let (map, key) = match req {
+        Request::Lookup { map, key } => (map, key),
+        Request::Invalid(why) => {
+            warn!(
+                protocol = protocol.name(),
+                reason = why,
+                "malformed request"
+            );
+            return Reply::Perm(why.to_string());
+        }
+    };
+    let start = Instant::now();
+    let (profile, fits): (&Profile, fn(&str) -> bool) = match &map {
+        Some(m) => (shared.config.profile(m), socketmap::found_fits),
+        None => (shared.config.tcp_table_profile(), tcp_table::found_fits),
+    };
+    let lookup = shared.resolver.lookup(&key).await;
+    let reply = reply_for(&lookup, profile, fits);
+    debug!(
+        protocol = protocol.name(),
+        map = map.as_deref().unwrap_or(&shared.config.tcp_table_map),
+        key = %String::from_utf8_lossy(&key),
+        answer = reply_kind(&reply),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "lookup"
+    );
+    reply
+}
+
+/// Maps a lookup to the Postfix reply. Everything that is not an applicable policy is NOTFOUND,
+/// never the Postfix level `none` (which would switch off opportunistic TLS, spec E11).
+pub fn reply_for(lookup: &Lookup, profile: &Profile, fits: fn(&str) -> bool) -> Reply {
+    match lookup {
+        Lookup::Resolved {
+            domain,
+            resolution: Resolution::Policy(entry),
+        } => match answer::render_fitting(domain, &entry.policy, profile, fits) {
+            Rendered::Found(v) => Reply::Found(v),
+            Rendered::NotFound => Reply::NotFound,
+            Rendered::TooLarge => {
+                // Spec E13: nothing correct fits the protocol; deferring is safer than a weaker
+                // answer.
+                error!(
+                    domain,
+                    "policy answer exceeds the protocol's reply size; answering TEMP"
+                );
+                Reply::Temp("policy answer too large".into())
+            }
+        },
+        _ => Reply::NotFound,
+    }
+}
+
+fn reply_kind(r: &Reply) -> &'static str {
+    match r {
+        Reply::Found(_) => "found",
+        Reply::NotFound => "notfound",
+        Reply::Temp(_) => "temp",
+        Reply::Perm(_) => "perm",
+    }
+}
