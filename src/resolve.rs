@@ -319,3 +319,311 @@ fn mx_list(p: &Policy) -> String {
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::policy::{StsRecord, parse_sts_record};
+    use crate::source::{BoxFuture, FetchError, NoPolicy, TxtLookup};
+
+    /// A scripted source: what DNS and HTTPS say now, how often they were asked, and an optional
+    /// delay that makes both slow.
+    #[derive(Default)]
+    struct Fake {
+        txt: Mutex<Option<TxtLookup>>,
+        body: Mutex<Option<Result<Vec<u8>, FetchError>>>,
+        delay: Mutex<Duration>,
+        txt_calls: AtomicUsize,
+        fetch_calls: AtomicUsize,
+    }
+
+    impl Fake {
+        fn publish(&self, id: &str, body: &str) {
+            let record: StsRecord = parse_sts_record(&format!("v=STSv1; id={id}")).unwrap();
+            *self.txt.lock().unwrap() = Some(TxtLookup::Record {
+                record,
+                text: format!("v=STSv1; id={id}"),
+            });
+            *self.body.lock().unwrap() = Some(Ok(body.as_bytes().to_vec()));
+        }
+        fn set_txt(&self, t: TxtLookup) {
+            *self.txt.lock().unwrap() = Some(t);
+        }
+        fn set_fetch(&self, r: Result<Vec<u8>, FetchError>) {
+            *self.body.lock().unwrap() = Some(r);
+        }
+        fn calls(&self) -> (usize, usize) {
+            (
+                self.txt_calls.load(Ordering::SeqCst),
+                self.fetch_calls.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    impl PolicySource for Fake {
+        fn txt<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, TxtLookup> {
+            Box::pin(async move {
+                self.txt_calls.fetch_add(1, Ordering::SeqCst);
+                let delay = *self.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                self.txt
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or(TxtLookup::NoPolicy(NoPolicy::NxDomain))
+            })
+        }
+        fn fetch<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+            Box::pin(async move {
+                self.fetch_calls.fetch_add(1, Ordering::SeqCst);
+                let delay = *self.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                self.body
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or(Err(FetchError::Timeout))
+            })
+        }
+    }
+
+    fn policy(mode: &str, max_age: u32) -> String {
+        format!("version: STSv1\nmode: {mode}\nmx: mx.example.test\nmax_age: {max_age}\n")
+    }
+
+    fn resolver(fake: &Arc<Fake>) -> Arc<Resolver> {
+        Arc::new(Resolver::new(
+            Cache::new(NonZeroUsize::new(100).unwrap()),
+            fake.clone(),
+            Arc::new(TokioClock::new()),
+            Duration::from_secs(15),
+        ))
+    }
+
+    async fn resolve(r: &Arc<Resolver>, key: &str) -> Resolution {
+        match r.lookup(key.as_bytes()).await {
+            Lookup::Resolved { resolution, .. } => resolution,
+            Lookup::Skipped(s) => panic!("skipped: {s}"),
+        }
+    }
+
+    fn id_of(r: &Resolution) -> Option<String> {
+        match r {
+            Resolution::Policy(e) => Some(e.id.clone()),
+            _ => None,
+        }
+    }
+
+    /// Lets spawned background discoveries run to completion under paused time.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc8461_3_3_cached_policy_survives_dns_and_https_failure_until_expiry() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 7200));
+        let r = resolver(&fake);
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        // Everything fails from now on.
+        fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
+        fake.set_fetch(Err(FetchError::Timeout));
+        // Past the recheck interval: the hit still answers at once and starts a check.
+        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        settle().await;
+        assert_eq!(fake.calls().0, 2, "a background TXT check ran");
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        // After max_age (7200 s from the fetch) the policy is gone: no policy, not TEMP.
+        tokio::time::advance(Duration::from_secs(7200)).await;
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::Failed(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc8461_3_1_vanished_txt_record_keeps_the_cached_policy() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 86400));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        fake.set_txt(TxtLookup::NoPolicy(NoPolicy::NxDomain));
+        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
+        resolve(&r, "example.test").await;
+        settle().await;
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(fake.calls(), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc8461_3_1_new_id_fetches_and_replaces_the_policy() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 86400));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        // Same id: the TXT check does not fetch.
+        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
+        resolve(&r, "example.test").await;
+        settle().await;
+        assert_eq!(fake.calls(), (2, 1));
+        // New id with a weaker policy (RFC 8461 §8.3 opt-out path): applied after the check.
+        fake.publish("two", &policy("testing", 86400));
+        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
+        resolve(&r, "example.test").await;
+        settle().await;
+        let now = resolve(&r, "example.test").await;
+        assert_eq!(id_of(&now).as_deref(), Some("two"));
+        let Resolution::Policy(e) = now else {
+            unreachable!()
+        };
+        assert_eq!(e.policy.mode, crate::policy::Mode::Testing);
+        assert_eq!(fake.calls(), (3, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc8461_3_3_fetch_failure_backs_off_five_minutes() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 86400));
+        fake.set_fetch(Err(FetchError::Status {
+            code: 500,
+            location: None,
+        }));
+        let r = resolver(&fake);
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::Failed(_)
+        ));
+        tokio::time::advance(FETCH_BACKOFF - Duration::from_secs(1)).await;
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::NoPolicy
+        ));
+        assert_eq!(fake.calls(), (1, 1), "no new attempt within the back-off");
+        fake.publish("one", &policy("enforce", 86400));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(fake.calls(), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn negative_answers_are_remembered_but_dns_errors_are_not() {
+        let fake = Arc::new(Fake::default());
+        let r = resolver(&fake);
+        assert!(matches!(
+            resolve(&r, "none.test").await,
+            Resolution::NoPolicy
+        ));
+        assert!(matches!(
+            resolve(&r, "none.test").await,
+            Resolution::NoPolicy
+        ));
+        assert_eq!(fake.calls().0, 1);
+        tokio::time::advance(NEGATIVE_TTL).await;
+        resolve(&r, "none.test").await;
+        assert_eq!(fake.calls().0, 2, "asked again after negative_ttl");
+
+        fake.set_txt(TxtLookup::Temp("timeout".into()));
+        assert!(matches!(
+            resolve(&r, "temp.test").await,
+            Resolution::Failed(_)
+        ));
+        assert!(matches!(
+            resolve(&r, "temp.test").await,
+            Resolution::Failed(_)
+        ));
+        assert_eq!(fake.calls().0, 4, "temporary DNS failures are not cached");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spec_a4_5_max_age_zero_applies_once_and_is_not_cached() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 0));
+        let r = resolver(&fake);
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(fake.calls(), (2, 2));
+        assert!(r.cache().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_lookup_answers_at_the_deadline_and_discovery_fills_the_cache() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 86400));
+        *fake.delay.lock().unwrap() = Duration::from_secs(10);
+        let r = resolver(&fake);
+        let start = tokio::time::Instant::now();
+        // TXT 10 s + fetch 10 s exceeds the 15 s deadline.
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::Failed(_)
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        settle().await;
+        *fake.delay.lock().unwrap() = Duration::ZERO;
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(fake.calls(), (1, 1), "the late discovery filled the cache");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_cold_lookups_share_one_discovery() {
+        let fake = Arc::new(Fake::default());
+        fake.publish("one", &policy("enforce", 86400));
+        *fake.delay.lock().unwrap() = Duration::from_millis(100);
+        let r = resolver(&fake);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..1000 {
+            let r = r.clone();
+            set.spawn(async move { resolve(&r, "example.test").await });
+        }
+        while let Some(res) = set.join_next().await {
+            assert_eq!(id_of(&res.unwrap()).as_deref(), Some("one"));
+        }
+        assert_eq!(fake.calls(), (1, 1));
+    }
+
+    #[test]
+    fn weaker_means_lower_mode_or_a_removed_mx() {
+        let p = |s: &str| crate::policy::parse_policy(s.as_bytes()).unwrap();
+        let enforce = p("version: STSv1\nmode: enforce\nmx: a.test\nmx: b.test\nmax_age: 1\n");
+        let testing = p("version: STSv1\nmode: testing\nmx: a.test\nmx: b.test\nmax_age: 1\n");
+        let fewer = p("version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 1\n");
+        let more =
+            p("version: STSv1\nmode: enforce\nmx: a.test\nmx: b.test\nmx: c.test\nmax_age: 1\n");
+        assert!(is_weaker(&enforce, &testing));
+        assert!(is_weaker(&enforce, &fewer));
+        assert!(!is_weaker(&enforce, &more));
+        assert!(!is_weaker(&testing, &enforce));
+    }
+}
