@@ -152,12 +152,7 @@ mod tests {
     use crate::policy::parse_policy;
     use std::cell::RefCell;
 
-    const RFC_EXAMPLE: &str = "version: STSv1\n\
-                               mode: enforce\n\
-                               mx: mail.example.com\n\
-                               mx: *.example.net\n\
-                               mx: backupmx.example.com\n\
-                               max_age: 604800\n";
+    use crate::policy::tests::RFC_EXAMPLE;
 
     /// Spec E4, verbatim.
     const E4: &str =

@@ -693,11 +693,12 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const RFC_EXAMPLE: &str = "version: STSv1\n\
+    /// The example policy of RFC 8461 §3.2, shared with other modules' tests.
+    pub(crate) const RFC_EXAMPLE: &str = "version: STSv1\n\
                                mode: enforce\n\
                                mx: mail.example.com\n\
                                mx: *.example.net\n\
