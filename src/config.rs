@@ -14,6 +14,22 @@ use serde::Deserialize;
 
 use crate::answer::Profile;
 
+/// A map's profile: how answers are rendered, and what a failed lookup answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapProfile {
+    pub answer: Profile,
+    pub on_lookup_error: OnLookupError,
+}
+
+/// What to answer when DNS or HTTPS failed and nothing valid is cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLookupError {
+    /// RFC 8461 §3.3: deliver as if the domain had no policy (Postfix's own TLS level applies).
+    NotFound,
+    /// Defer the mail instead (fail closed); Postfix retries later.
+    Temp,
+}
+
 /// Where `serve`, `query` and `check-config` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/mta-sts-policyd/config.toml";
 
@@ -86,6 +102,23 @@ pub struct HttpsConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The state directory holding the policy journal.
+    pub dir: PathBuf,
+    /// How long "no TXT record" and "no valid policy" are remembered.
+    pub negative_ttl: Duration,
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshConfig {
+    /// How often each cached domain's TXT record is checked (jittered).
+    pub interval: Duration,
+    /// Discoveries the background refresh runs at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
     /// A Postfix connection with no request for this long is closed. tcp_table clients never hang
@@ -108,20 +141,22 @@ pub struct Config {
     pub dns: DnsConfig,
     pub https: HttpsConfig,
     /// Always contains [`DEFAULT_MAP`].
-    pub maps: BTreeMap<String, Profile>,
+    pub maps: BTreeMap<String, MapProfile>,
+    pub cache: CacheConfig,
+    pub refresh: RefreshConfig,
     pub limits: Limits,
 }
 
 impl Config {
     /// The profile for a socketmap map name; unknown names use `default`.
-    pub fn profile(&self, map: &str) -> &Profile {
+    pub fn profile(&self, map: &str) -> &MapProfile {
         self.maps
             .get(map)
             .or_else(|| self.maps.get(DEFAULT_MAP))
             .unwrap_or(&DEFAULT_PROFILE)
     }
 
-    pub fn tcp_table_profile(&self) -> &Profile {
+    pub fn tcp_table_profile(&self) -> &MapProfile {
         self.profile(&self.tcp_table_map)
     }
 
@@ -162,10 +197,13 @@ impl Config {
     }
 }
 
-static DEFAULT_PROFILE: Profile = Profile {
-    strict_testing: false,
-    servername: true,
-    tlsrpt: false,
+static DEFAULT_PROFILE: MapProfile = MapProfile {
+    answer: Profile {
+        strict_testing: false,
+        servername: true,
+        tlsrpt: false,
+    },
+    on_lookup_error: OnLookupError::NotFound,
 };
 
 /// A configuration problem, naming the file and (when known) the key.
@@ -197,7 +235,43 @@ struct RawConfig {
     dns: RawDns,
     https: RawHttps,
     maps: BTreeMap<String, RawMap>,
+    cache: RawCache,
+    refresh: RawRefresh,
     limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    dir: Option<PathBuf>,
+    negative_ttl: String,
+    max_entries: usize,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            dir: None,
+            negative_ttl: "1h".to_string(),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRefresh {
+    interval: String,
+    concurrency: usize,
+}
+
+impl Default for RawRefresh {
+    fn default() -> Self {
+        RawRefresh {
+            interval: "24h".to_string(),
+            concurrency: 16,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -274,14 +348,16 @@ struct RawMap {
     strict_testing: bool,
     servername: bool,
     tlsrpt: bool,
+    on_lookup_error: String,
 }
 
 impl Default for RawMap {
     fn default() -> Self {
         RawMap {
-            strict_testing: DEFAULT_PROFILE.strict_testing,
-            servername: DEFAULT_PROFILE.servername,
-            tlsrpt: DEFAULT_PROFILE.tlsrpt,
+            strict_testing: DEFAULT_PROFILE.answer.strict_testing,
+            servername: DEFAULT_PROFILE.answer.servername,
+            tlsrpt: DEFAULT_PROFILE.answer.tlsrpt,
+            on_lookup_error: "notfound".to_string(),
         }
     }
 }
@@ -413,20 +489,28 @@ impl RawConfig {
             port: self.https.port,
         };
 
-        let mut maps: BTreeMap<String, Profile> = self
-            .maps
-            .into_iter()
-            .map(|(name, m)| {
-                (
-                    name,
-                    Profile {
-                        strict_testing: m.strict_testing,
-                        servername: m.servername,
-                        tlsrpt: m.tlsrpt,
-                    },
-                )
-            })
-            .collect();
+        let mut maps: BTreeMap<String, MapProfile> = BTreeMap::new();
+        for (name, m) in self.maps {
+            let on_lookup_error = match m.on_lookup_error.as_str() {
+                "notfound" => OnLookupError::NotFound,
+                "temp" => OnLookupError::Temp,
+                other => {
+                    return Err(err(
+                        &format!("maps.{name}.on_lookup_error"),
+                        format!("{other:?}: expected \"notfound\" or \"temp\""),
+                    ));
+                }
+            };
+            let profile = MapProfile {
+                answer: Profile {
+                    strict_testing: m.strict_testing,
+                    servername: m.servername,
+                    tlsrpt: m.tlsrpt,
+                },
+                on_lookup_error,
+            };
+            maps.insert(name, profile);
+        }
         for name in maps.keys() {
             if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
                 return Err(err(
@@ -442,6 +526,44 @@ impl RawConfig {
                 "tcp_table.map",
                 format!("no [maps.{}] table", self.tcp_table.map),
             ));
+        }
+
+        let cache = CacheConfig {
+            dir: match self.cache.dir {
+                Some(d) if d.is_relative() => {
+                    return Err(err(
+                        "cache.dir",
+                        format!("{}: must be an absolute path", d.display()),
+                    ));
+                }
+                Some(d) => d,
+                None => default_state_dir(),
+            },
+            negative_ttl: duration(
+                "cache.negative_ttl",
+                &self.cache.negative_ttl,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            max_entries: self.cache.max_entries,
+        };
+        if cache.max_entries < 16 || cache.max_entries > 100_000_000 {
+            return Err(err(
+                "cache.max_entries",
+                "must be 16..100000000".to_string(),
+            ));
+        }
+        let refresh = RefreshConfig {
+            interval: duration(
+                "refresh.interval",
+                &self.refresh.interval,
+                Duration::from_secs(60),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            concurrency: self.refresh.concurrency,
+        };
+        if refresh.concurrency == 0 || refresh.concurrency > 1024 {
+            return Err(err("refresh.concurrency", "must be 1..1024".to_string()));
         }
 
         if self.limits.max_connections == 0 || self.limits.max_connections > 1_000_000 {
@@ -474,8 +596,36 @@ impl RawConfig {
             dns,
             https,
             maps,
+            cache,
+            refresh,
             limits,
         })
+    }
+}
+
+/// `$STATE_DIRECTORY` when systemd sets it (StateDirectory=); for root the FHS location; for
+/// anyone else their XDG state directory, so `serve` works for a normal user with no config.
+fn default_state_dir() -> PathBuf {
+    if let Some(dirs) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd joins several StateDirectory= entries with ':'; ours is the first.
+        if let Some(first) = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .filter(|s| !s.is_empty())
+        {
+            return PathBuf::from(first);
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/mta-sts-policyd");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("mta-sts-policyd");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/state/mta-sts-policyd"),
+        None => PathBuf::from("/var/lib/mta-sts-policyd"),
     }
 }
 
@@ -510,7 +660,16 @@ mod tests {
         assert_eq!(c.https.port, 443);
         assert_eq!(c.lookup_deadline(), Duration::from_secs(15));
         assert_eq!(c.profile("anything"), &DEFAULT_PROFILE);
-        assert!(c.profile("postfix").servername);
+        assert!(c.profile("postfix").answer.servername);
+        assert_eq!(
+            c.profile("postfix").on_lookup_error,
+            OnLookupError::NotFound
+        );
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(3600));
+        assert_eq!(c.cache.max_entries, 1_000_000);
+        assert!(c.cache.dir.is_absolute());
+        assert_eq!(c.refresh.interval, Duration::from_secs(86_400));
+        assert_eq!(c.refresh.concurrency, 16);
     }
 
     #[test]
@@ -550,6 +709,13 @@ mod tests {
                 "https.ca_files",
             ),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[cache]\ndir = \"relative\"\n", "cache.dir"),
+            ("[cache]\nnegative_ttl = \"0s\"\n", "cache.negative_ttl"),
+            ("[refresh]\nconcurrency = 0\n", "refresh.concurrency"),
+            (
+                "[maps.x]\non_lookup_error = \"defer\"\n",
+                "maps.x.on_lookup_error",
+            ),
             (
                 "[socketmap]\nlisten = []\n[tcp_table]\nlisten = []\n",
                 "socketmap.listen",
@@ -592,10 +758,13 @@ servername = false
                 "[::1]:53".parse().unwrap()
             ]
         );
-        assert!(c.tcp_table_profile().tlsrpt);
-        assert!(c.profile("strict").strict_testing);
-        assert!(!c.profile("strict").servername);
-        assert!(!c.profile("postfix").tlsrpt, "unknown names use default");
+        assert!(c.tcp_table_profile().answer.tlsrpt);
+        assert!(c.profile("strict").answer.strict_testing);
+        assert!(!c.profile("strict").answer.servername);
+        assert!(
+            !c.profile("postfix").answer.tlsrpt,
+            "unknown names use default"
+        );
     }
 
     #[test]

@@ -12,13 +12,10 @@ use tokio::task::JoinSet;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, ListenAddr};
-use crate::resolve::Resolver;
+use crate::refresh;
+use crate::resolve::{Resolver, Settings};
 use crate::server::{self, Listener, Protocol, Shared};
 use crate::source::PolicySource;
-
-/// Upper bound on cached domains (policies and remembered negatives). At about 1 KiB each this
-/// bounds the cache to roughly 1 GiB in the worst case.
-const CACHE_ENTRIES: usize = 1_000_000;
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -50,12 +47,16 @@ impl Daemon {
         source: Arc<dyn PolicySource>,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
-        let capacity = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
         let resolver = Arc::new(Resolver::new(
             Cache::new(capacity),
             source,
             clock,
-            config.lookup_deadline(),
+            Settings {
+                deadline: config.lookup_deadline(),
+                negative_ttl: config.cache.negative_ttl,
+                refresh_interval: config.refresh.interval,
+            },
         ));
         let mut listeners = Vec::new();
         for (protocol, l) in [
@@ -92,6 +93,11 @@ impl Daemon {
                 rx.clone(),
             ));
         }
+        tasks.spawn(refresh::run(
+            resolver.clone(),
+            shared.config.refresh.concurrency,
+            rx.clone(),
+        ));
         Ok(Daemon {
             resolver,
             bound,

@@ -69,39 +69,52 @@ pub struct Discovery {
     pub elapsed: Duration,
 }
 
-/// Runs one discovery. `known_id`: the id of a still-valid cached policy, which makes an unchanged
-/// TXT record end the discovery without a fetch.
-pub async fn discover(
-    source: &dyn PolicySource,
-    domain: &str,
-    known_id: Option<&str>,
-) -> Discovery {
+/// What the caller already holds for the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known<'a> {
+    /// Nothing valid: a full discovery.
+    Nothing,
+    /// A valid policy under this id: an unchanged TXT id ends the discovery without a fetch
+    /// (RFC 8461 §3.1, §5.1).
+    Valid(&'a str),
+    /// A valid policy under this id that must be fetched again before it expires, "regardless of
+    /// the state of the TXT record" (RFC 8461 §10.2): when the TXT lookup yields nothing usable,
+    /// the policy is fetched anyway and kept under the old id.
+    Refetch(&'a str),
+}
+
+/// Runs one discovery for `domain`.
+pub async fn discover(source: &dyn PolicySource, domain: &str, known: Known<'_>) -> Discovery {
     let start = Instant::now();
-    let (txt, outcome) = match source.txt(domain).await {
-        TxtLookup::NoPolicy(n) => (None, Outcome::NoPolicy(n)),
-        TxtLookup::Temp(e) => (None, Outcome::DnsTemp(e)),
-        TxtLookup::Record { record, text } => {
-            let id = record.id;
-            let outcome = if known_id == Some(id.as_str()) {
-                Outcome::Unchanged { id }
-            } else {
-                match source.fetch(domain).await {
-                    Err(e) => Outcome::FetchFailed {
-                        id,
-                        failure: FetchFailure::Fetch(e),
-                    },
-                    Ok(body) => match policy::parse_policy(&body) {
-                        Ok(policy) => Outcome::Fetched { id, policy },
-                        Err(e) => Outcome::FetchFailed {
-                            id,
-                            failure: FetchFailure::Invalid(e),
-                        },
-                    },
-                }
-            };
-            (Some(text), outcome)
+    let lookup = source.txt(domain).await;
+    let (txt, id) = match (&lookup, known) {
+        (TxtLookup::Record { record, text }, _) => (Some(text.clone()), record.id.clone()),
+        (_, Known::Refetch(id)) => (None, id.to_string()),
+        (TxtLookup::NoPolicy(n), _) => {
+            return done(start, None, Outcome::NoPolicy(n.clone()));
         }
+        (TxtLookup::Temp(e), _) => return done(start, None, Outcome::DnsTemp(e.clone())),
     };
+    if known == Known::Valid(&id) {
+        return done(start, txt, Outcome::Unchanged { id });
+    }
+    let outcome = match source.fetch(domain).await {
+        Err(e) => Outcome::FetchFailed {
+            id,
+            failure: FetchFailure::Fetch(e),
+        },
+        Ok(body) => match policy::parse_policy(&body) {
+            Ok(policy) => Outcome::Fetched { id, policy },
+            Err(e) => Outcome::FetchFailed {
+                id,
+                failure: FetchFailure::Invalid(e),
+            },
+        },
+    };
+    done(start, txt, outcome)
+}
+
+fn done(start: Instant, txt: Option<String>, outcome: Outcome) -> Discovery {
     Discovery {
         txt,
         outcome,

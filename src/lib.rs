@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod key;
 pub mod policy;
 pub mod proto;
+pub mod refresh;
 pub mod resolve;
 pub mod server;
 pub mod source;

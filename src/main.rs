@@ -194,10 +194,20 @@ fn check_config(config: &Config) -> ExitCode {
     );
     for (name, p) in &config.maps {
         println!(
-            "map {name:?}: strict_testing={} servername={} tlsrpt={}",
-            p.strict_testing, p.servername, p.tlsrpt
+            "map {name:?}: strict_testing={} servername={} tlsrpt={} on_lookup_error={:?}",
+            p.answer.strict_testing, p.answer.servername, p.answer.tlsrpt, p.on_lookup_error
         );
     }
+    println!(
+        "cache: {}, negative_ttl {:?}, max_entries {}",
+        config.cache.dir.display(),
+        config.cache.negative_ttl,
+        config.cache.max_entries
+    );
+    println!(
+        "refresh: every {:?}, {} at once",
+        config.refresh.interval, config.refresh.concurrency
+    );
     if let Err(e) = net_source(config) {
         eprintln!("mta-sts-policyd: {e}");
         return ExitCode::from(EX_CONFIG);
@@ -229,7 +239,7 @@ async fn query(config: Arc<Config>, key: String, json: bool) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let d = discovery::discover(&*source, &domain, None).await;
+    let d = discovery::discover(&*source, &domain, discovery::Known::Nothing).await;
     let mut lines = vec![format!("domain: {domain}")];
     lines.push(format!(
         "TXT _mta-sts.{domain}: {}",
@@ -287,7 +297,13 @@ async fn query(config: Arc<Config>, key: String, json: bool) -> ExitCode {
     }
     report.insert("answers".into(), answers);
     let found = policy.as_ref().is_some_and(|p| {
-        answer::render(&domain, p, config.profile(config::DEFAULT_MAP), false).is_some()
+        answer::render(
+            &domain,
+            p,
+            &config.profile(config::DEFAULT_MAP).answer,
+            false,
+        )
+        .is_some()
     });
     print_report(json, &report, &lines, if found { 0 } else { 1 })
 }
@@ -298,9 +314,9 @@ fn answers_json(
     policy: Option<(&str, &mta_sts_policyd::policy::Policy)>,
 ) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    let reply = |profile, fits: fn(&str) -> bool| match policy {
+    let reply = |profile: &config::MapProfile, fits: fn(&str) -> bool| match policy {
         None => Reply::NotFound,
-        Some((d, p)) => match answer::render_fitting(d, p, profile, fits) {
+        Some((d, p)) => match answer::render_fitting(d, p, &profile.answer, fits) {
             Rendered::Found(v) => Reply::Found(v),
             Rendered::NotFound => Reply::NotFound,
             Rendered::TooLarge => Reply::Temp("policy answer too large".into()),

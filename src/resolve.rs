@@ -1,33 +1,34 @@
-//! The request path: Postfix key → policy domain → cached policy, or one shared discovery under a
-//! deadline → [`Resolution`].
+//! The request path and the rules for what the cache holds after a discovery: Postfix key →
+//! policy domain → cached policy, or one shared discovery under a deadline → [`Resolution`].
 //!
-//! Owns the rules for what the cache holds after a discovery (RFC 8461 §3.1, §3.3, §5.1, §10.2):
-//! a valid cached policy survives DNS and HTTPS failures and a vanished TXT record; "no policy" and
-//! fetch failures are remembered for a bounded time; concurrent lookups of one domain share one
-//! discovery. Never answers Postfix itself and never touches sockets.
+//! Owns RFC 8461 §3.1, §3.3, §5.1 and §10.2 as they apply to the cache: a valid cached policy
+//! survives DNS and HTTPS failures and a vanished TXT record; "no policy" and fetch failures are
+//! remembered for a bounded time; concurrent lookups of one domain share one discovery; every
+//! cached domain has a next check time, which the refresh task (`refresh.rs`) acts on. Lookups
+//! never wait on the network for a cached domain. Never answers Postfix and never touches sockets.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, Hit, PolicyEntry};
 use crate::clock::Clock;
-use crate::discovery::{self, Outcome};
+use crate::discovery::{self, Known, Outcome};
 use crate::key::{self, Skip};
 use crate::policy::Policy;
 use crate::source::PolicySource;
 
-/// How long "no TXT record / no valid policy" is remembered, so that domains without MTA-STS cost
-/// one DNS query per hour rather than one per delivery.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(3600);
 /// RFC 8461 §3.3: after a failed HTTPS GET, wait five minutes or longer before trying again.
 pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
-/// How often a cached policy's TXT record is looked at again when the domain is used (a new id
-/// means a new policy, RFC 8461 §3.1). The lookup never waits for this check.
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest back-off between refresh attempts of a failing domain.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Never schedule a check sooner than this after the last one.
+const MIN_CHECK_GAP: Duration = Duration::from_secs(60);
 
 /// What a lookup concluded.
 #[derive(Debug, Clone)]
@@ -51,12 +52,38 @@ pub enum Lookup {
     },
 }
 
+/// Timing rules of the resolver, from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Longest wait of a cold lookup.
+    pub deadline: Duration,
+    pub negative_ttl: Duration,
+    /// How often a cached domain's TXT record is checked.
+    pub refresh_interval: Duration,
+}
+
+/// What the refresh task should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// This domain is due now.
+    Domain(String),
+    /// Nothing is due before this time.
+    At(SystemTime),
+    /// Nothing is scheduled.
+    Idle,
+}
+
 pub struct Resolver {
     cache: Cache,
     source: Arc<dyn PolicySource>,
     clock: Arc<dyn Clock>,
-    deadline: Duration,
+    settings: Settings,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Resolution>>>>,
+    /// Next check times; stale entries (the domain was rescheduled or removed) are skipped when
+    /// popped. Kept apart from the cache lock so the refresh task never scans the cache.
+    schedule: Mutex<BinaryHeap<Reverse<(SystemTime, String)>>>,
+    wake: Notify,
+    jitter_seed: std::collections::hash_map::RandomState,
 }
 
 impl Resolver {
@@ -64,14 +91,17 @@ impl Resolver {
         cache: Cache,
         source: Arc<dyn PolicySource>,
         clock: Arc<dyn Clock>,
-        deadline: Duration,
+        settings: Settings,
     ) -> Resolver {
         Resolver {
             cache,
             source,
             clock,
-            deadline,
+            settings,
             inflight: Mutex::new(HashMap::new()),
+            schedule: Mutex::new(BinaryHeap::new()),
+            wake: Notify::new(),
+            jitter_seed: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -79,8 +109,12 @@ impl Resolver {
         &self.cache
     }
 
-    /// Answers one Postfix key. Cached answers involve no network work; a cold lookup waits at
-    /// most the deadline, and the discovery it started goes on to fill the cache.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Answers one Postfix key. Cached answers involve no network work and no waiting; a cold
+    /// lookup waits at most the deadline, and the discovery it started goes on to fill the cache.
     pub async fn lookup(self: &Arc<Self>, key: &[u8]) -> Lookup {
         let domain = match key::policy_domain(key) {
             Ok(d) => d,
@@ -89,15 +123,13 @@ impl Resolver {
                 return Lookup::Skipped(skip);
             }
         };
-        let now = self.clock.now();
-        let resolution = match self.cache.get(&domain, now) {
-            Hit::Policy { entry, check_due } => {
-                if check_due {
-                    self.nudge(&domain);
-                }
-                Resolution::Policy(entry)
-            }
-            Hit::Negative(_) => Resolution::NoPolicy,
+        let resolution = match self.cache.get(&domain, self.clock.now()) {
+            Hit::Policy(entry) => Resolution::Policy(entry),
+            Hit::Negative { failure: false, .. } => Resolution::NoPolicy,
+            Hit::Negative {
+                reason,
+                failure: true,
+            } => Resolution::Failed(reason),
             Hit::Miss => self.cold(&domain).await,
         };
         Lookup::Resolved { domain, resolution }
@@ -106,14 +138,14 @@ impl Resolver {
     /// Joins the running discovery for `domain` or starts one, and waits for it up to the deadline.
     async fn cold(self: &Arc<Self>, domain: &str) -> Resolution {
         let mut rx = self.join_or_start(domain);
-        let waited = tokio::time::timeout(self.deadline, rx.wait_for(Option::is_some)).await;
-        match waited {
+        let deadline = self.settings.deadline;
+        match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
             Ok(Ok(r)) => r.clone().unwrap_or(Resolution::NoPolicy),
             Ok(Err(_)) => Resolution::Failed("discovery task ended without a result".into()),
             Err(_) => {
                 info!(
                     domain,
-                    deadline_ms = self.deadline.as_millis() as u64,
+                    deadline_ms = deadline.as_millis() as u64,
                     "lookup deadline passed; answering without a policy, discovery continues"
                 );
                 Resolution::Failed("lookup deadline exceeded".into())
@@ -121,9 +153,14 @@ impl Resolver {
         }
     }
 
-    /// Starts a background TXT check for a cached domain unless one is running; never waits.
-    fn nudge(self: &Arc<Self>, domain: &str) {
-        drop(self.join_or_start(domain));
+    /// One discovery for `domain` now (or joins the running one) and waits for its result; used by
+    /// the refresh task. Each step is bounded by the source's own timeouts.
+    pub async fn refresh(self: &Arc<Self>, domain: &str) -> Resolution {
+        let mut rx = self.join_or_start(domain);
+        match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(Resolution::NoPolicy),
+            Err(_) => Resolution::Failed("discovery task ended without a result".into()),
+        }
     }
 
     fn join_or_start(self: &Arc<Self>, domain: &str) -> watch::Receiver<Option<Resolution>> {
@@ -149,20 +186,119 @@ impl Resolver {
         rx
     }
 
+    /// Puts a policy loaded from disk into the cache (warm restart) and spreads its first check
+    /// over the refresh interval, so that a large cache loaded at once causes no thundering herd.
+    pub fn preload(&self, domain: &str, entry: Arc<PolicyEntry>) {
+        let now = self.clock.now();
+        let spread = self.spread(domain, self.settings.refresh_interval);
+        let next = self.next_check(&entry, now).min(now + spread).max(now);
+        self.cache.insert_policy(domain, entry, next, now);
+        self.schedule_at(domain, next);
+    }
+
+    /// Puts a remembered negative loaded from disk back into the cache.
+    pub fn preload_negative(&self, domain: &str, reason: &str, until: SystemTime) {
+        let now = self.clock.now();
+        self.cache
+            .insert_negative(domain, reason, false, now, until);
+    }
+
+    /// The earliest scheduled check, popped if it is due at `now`.
+    pub fn pop_due(&self) -> Due {
+        let now = self.clock.now();
+        let mut heap = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(Reverse((at, _))) = heap.peek() {
+            if *at > now {
+                return Due::At(*at);
+            }
+            let Some(Reverse((at, domain))) = heap.pop() else {
+                break;
+            };
+            // Only act on the entry that matches the cache's current schedule.
+            if self
+                .cache
+                .policy_state(&domain)
+                .is_some_and(|s| s.next_check <= now && s.next_check == at)
+            {
+                return Due::Domain(domain);
+            }
+        }
+        Due::Idle
+    }
+
+    /// Resolves when the schedule gained an entry (so the refresh task can re-evaluate).
+    pub async fn schedule_changed(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Scheduled checks, stale ones included (for tests and status).
+    pub fn scheduled(&self) -> usize {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn schedule_at(&self, domain: &str, at: SystemTime) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Reverse((at, domain.to_string())));
+        self.wake.notify_one();
+    }
+
+    /// A uniformly spread duration in [0, d) that differs per domain and per process.
+    fn spread(&self, domain: &str, d: Duration) -> Duration {
+        let mut h = self.jitter_seed.build_hasher();
+        h.write(domain.as_bytes());
+        let frac = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(frac)
+    }
+
+    /// When to look at a fresh policy next: about one refresh interval later (±10%), but early
+    /// enough before expiry that the policy is fetched again while it is still valid (§10.2).
+    fn next_check(&self, entry: &PolicyEntry, now: SystemTime) -> SystemTime {
+        let interval = self.settings.refresh_interval;
+        let jittered = interval.mul_f64(0.9) + self.spread(&entry.id, interval / 5);
+        let before_expiry = entry
+            .expires
+            .checked_sub(Self::lead(entry, interval))
+            .unwrap_or(now);
+        (now + jittered).min(before_expiry).max(now + MIN_CHECK_GAP)
+    }
+
+    /// How long before expiry the refresh fetches again whatever the TXT id says.
+    fn lead(entry: &PolicyEntry, interval: Duration) -> Duration {
+        interval.min(Duration::from_secs(u64::from(entry.policy.max_age)) / 2)
+    }
+
+    fn backoff(failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(8);
+        (FETCH_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
+    }
+
     async fn discover_and_apply(&self, domain: &str) -> Resolution {
         let now = self.clock.now();
-        let cached = self.cache.valid_policy(domain, now);
-        // RFC 8461 §10.2: fetch again, whatever the TXT id says, once a quarter of the lifetime
-        // is left, so a policy still published never drops out of the cache.
+        let state = self.cache.policy_state(domain);
+        let cached = state
+            .as_ref()
+            .filter(|s| s.entry.is_valid(now))
+            .map(|s| s.entry.clone());
+        // RFC 8461 §10.2: within the lead time before expiry, fetch whatever the TXT id says, so
+        // a policy still published never drops out of the cache.
         let refetch = cached.as_ref().is_some_and(|e| {
             let left = e.expires.duration_since(now).unwrap_or_default();
-            left < Duration::from_secs(u64::from(e.policy.max_age) / 4)
+            left <= Self::lead(e, self.settings.refresh_interval) + MIN_CHECK_GAP
         });
-        let known_id = cached.as_ref().filter(|_| !refetch).map(|e| e.id.as_str());
-        let d = discovery::discover(&*self.source, domain, known_id).await;
+        let known = match &cached {
+            None => Known::Nothing,
+            Some(e) if refetch => Known::Refetch(&e.id),
+            Some(e) => Known::Valid(&e.id),
+        };
+        let d = discovery::discover(&*self.source, domain, known).await;
         let now = self.clock.now();
         let elapsed_ms = d.elapsed.as_millis() as u64;
-        match d.outcome {
+        let failure = match d.outcome {
             Outcome::Fetched { id, policy } => {
                 if policy.max_age_clamped {
                     warn!(
@@ -178,95 +314,95 @@ impl Resolver {
                           "policy fetched with max_age 0: applied once, not cached");
                     return Resolution::Policy(entry);
                 }
-                let old = self
-                    .cache
-                    .insert_policy(domain, entry.clone(), now + RECHECK_INTERVAL);
+                let next = self.next_check(&entry, now);
+                let old = self.cache.insert_policy(domain, entry.clone(), next, now);
+                self.schedule_at(domain, next);
                 log_change(domain, old.as_deref(), &entry, elapsed_ms);
-                Resolution::Policy(entry)
+                return Resolution::Policy(entry);
             }
-            Outcome::Unchanged { id } => {
-                debug!(domain, id, elapsed_ms, "TXT id unchanged");
-                self.cache.set_next_check(domain, now + RECHECK_INTERVAL);
-                match cached {
-                    Some(e) => Resolution::Policy(e),
-                    // Expired between the peek and now: nothing valid to return.
-                    None => Resolution::NoPolicy,
-                }
-            }
-            Outcome::NoPolicy(reason) => match cached {
+            Outcome::Unchanged { id } => match cached {
                 Some(e) => {
-                    // RFC 8461 §3.1, §5.1: a vanished TXT record does not cancel a cached policy.
-                    warn!(domain, id = e.id, reason = %reason, expires = %humantime::format_rfc3339_seconds(e.expires),
-                          "no TXT record now; keeping the cached policy until it expires");
-                    self.cache.set_next_check(domain, now + RECHECK_INTERVAL);
-                    Resolution::Policy(e)
+                    debug!(domain, id, elapsed_ms, "TXT id unchanged");
+                    let next = self.next_check(&e, now);
+                    self.cache.record_check(domain, next, false);
+                    self.schedule_at(domain, next);
+                    return Resolution::Policy(e);
                 }
-                None => {
+                // Expired between the peek and now: nothing valid to return.
+                None => return Resolution::NoPolicy,
+            },
+            Outcome::NoPolicy(reason) => {
+                if cached.is_none() {
                     debug!(domain, reason = %reason, elapsed_ms, "no MTA-STS policy");
+                    if state.is_some() {
+                        info!(domain, reason = %reason, "cached policy expired and no policy is published now; dropped");
+                    }
                     self.cache.insert_negative(
                         domain,
                         &reason.to_string(),
+                        false,
                         now,
-                        now + NEGATIVE_TTL,
+                        now + self.settings.negative_ttl,
                     );
-                    Resolution::NoPolicy
+                    return Resolution::NoPolicy;
                 }
-            },
-            Outcome::DnsTemp(reason) => match cached {
-                Some(e) => {
-                    // RFC 8461 §3.3 / A3.9: apply the cached policy.
-                    warn!(
-                        domain,
-                        id = e.id,
-                        reason,
-                        "TXT lookup failed; keeping the cached policy"
-                    );
-                    self.cache.set_next_check(domain, now + FETCH_BACKOFF);
-                    Resolution::Policy(e)
-                }
-                None => {
+                // RFC 8461 §3.1, §5.1: a vanished TXT record does not cancel a cached policy.
+                format!("no usable TXT record now ({reason})")
+            }
+            Outcome::DnsTemp(reason) => {
+                if cached.is_none() {
                     // Not remembered: a DNS hiccup must not hide a policy for an hour.
                     info!(
                         domain,
                         reason, elapsed_ms, "TXT lookup failed; no policy cached"
                     );
-                    Resolution::Failed(reason.into())
+                    if state.is_some() {
+                        self.cache.remove(domain);
+                    }
+                    return Resolution::Failed(reason.into());
                 }
-            },
+                format!("TXT lookup failed: {reason}")
+            }
             Outcome::FetchFailed { id, failure } => {
                 let reason = failure.to_string();
-                match cached {
-                    Some(e) => {
-                        warn!(
-                            domain,
-                            id,
-                            cached_id = e.id,
-                            class = failure.class(),
-                            report = failure.report_class(),
-                            reason,
-                            "policy fetch failed; keeping the cached policy"
-                        );
-                        self.cache.set_next_check(domain, now + FETCH_BACKOFF);
-                        Resolution::Policy(e)
-                    }
-                    None => {
-                        info!(
-                            domain,
-                            id,
-                            class = failure.class(),
-                            report = failure.report_class(),
-                            reason,
-                            elapsed_ms,
-                            "policy fetch failed; no policy cached, retry in 5 minutes"
-                        );
-                        // RFC 8461 §3.3: back off at least five minutes before fetching again.
-                        self.cache
-                            .insert_negative(domain, &reason, now, now + FETCH_BACKOFF);
-                        Resolution::Failed(reason.into())
-                    }
+                if cached.is_none() {
+                    info!(
+                        domain,
+                        id,
+                        class = failure.class(),
+                        report = failure.report_class(),
+                        reason,
+                        elapsed_ms,
+                        "policy fetch failed; no policy cached, retry in 5 minutes"
+                    );
+                    // RFC 8461 §3.3: back off at least five minutes before fetching again.
+                    self.cache
+                        .insert_negative(domain, &reason, true, now, now + FETCH_BACKOFF);
+                    return Resolution::Failed(reason.into());
                 }
+                format!(
+                    "policy fetch for id {id} failed [{}]: {reason}",
+                    failure.report_class()
+                )
             }
+        };
+        // A failure with a valid cached policy: keep serving it (RFC 8461 §3.3 / A3.9), back off,
+        // and warn on the first failure and then only now and then (A5.7).
+        let Some(e) = cached else {
+            return Resolution::NoPolicy;
+        };
+        let failures = state.map(|s| s.failures + 1).unwrap_or(1);
+        let next = (now + Self::backoff(failures)).min(e.expires.max(now + MIN_CHECK_GAP));
+        let failures = self.cache.record_check(domain, next, true);
+        self.schedule_at(domain, next);
+        if failures == 1 || failures % 16 == 0 {
+            warn!(domain, id = e.id, failures, reason = failure,
+                  expires = %rfc3339(e.expires),
+                  "refresh failed; keeping the cached policy until it expires");
+        } else {
+            debug!(domain, failures, reason = failure, "refresh failed again");
         }
+        Resolution::Policy(e)
     }
 }
 
@@ -321,134 +457,70 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::num::NonZeroUsize;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::clock::TokioClock;
-    use crate::policy::{StsRecord, parse_sts_record};
-    use crate::source::{BoxFuture, FetchError, NoPolicy, TxtLookup};
+    use crate::source::fake::FakeSource;
+    use crate::source::{FetchError, NoPolicy, TxtLookup};
 
-    /// A scripted source: what DNS and HTTPS say now, how often they were asked, and an optional
-    /// delay that makes both slow.
-    #[derive(Default)]
-    struct Fake {
-        txt: Mutex<Option<TxtLookup>>,
-        body: Mutex<Option<Result<Vec<u8>, FetchError>>>,
-        delay: Mutex<Duration>,
-        txt_calls: AtomicUsize,
-        fetch_calls: AtomicUsize,
-    }
+    pub(crate) const INTERVAL: Duration = Duration::from_secs(86_400);
 
-    impl Fake {
-        fn publish(&self, id: &str, body: &str) {
-            let record: StsRecord = parse_sts_record(&format!("v=STSv1; id={id}")).unwrap();
-            *self.txt.lock().unwrap() = Some(TxtLookup::Record {
-                record,
-                text: format!("v=STSv1; id={id}"),
-            });
-            *self.body.lock().unwrap() = Some(Ok(body.as_bytes().to_vec()));
-        }
-        fn set_txt(&self, t: TxtLookup) {
-            *self.txt.lock().unwrap() = Some(t);
-        }
-        fn set_fetch(&self, r: Result<Vec<u8>, FetchError>) {
-            *self.body.lock().unwrap() = Some(r);
-        }
-        fn calls(&self) -> (usize, usize) {
-            (
-                self.txt_calls.load(Ordering::SeqCst),
-                self.fetch_calls.load(Ordering::SeqCst),
-            )
-        }
-    }
-
-    impl PolicySource for Fake {
-        fn txt<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, TxtLookup> {
-            Box::pin(async move {
-                self.txt_calls.fetch_add(1, Ordering::SeqCst);
-                let delay = *self.delay.lock().unwrap();
-                tokio::time::sleep(delay).await;
-                self.txt
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .unwrap_or(TxtLookup::NoPolicy(NoPolicy::NxDomain))
-            })
-        }
-        fn fetch<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
-            Box::pin(async move {
-                self.fetch_calls.fetch_add(1, Ordering::SeqCst);
-                let delay = *self.delay.lock().unwrap();
-                tokio::time::sleep(delay).await;
-                self.body
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .unwrap_or(Err(FetchError::Timeout))
-            })
-        }
-    }
-
-    fn policy(mode: &str, max_age: u32) -> String {
+    pub(crate) fn policy(mode: &str, max_age: u32) -> String {
         format!("version: STSv1\nmode: {mode}\nmx: mx.example.test\nmax_age: {max_age}\n")
     }
 
-    fn resolver(fake: &Arc<Fake>) -> Arc<Resolver> {
+    pub(crate) fn resolver(fake: &Arc<FakeSource>) -> Arc<Resolver> {
         Arc::new(Resolver::new(
-            Cache::new(NonZeroUsize::new(100).unwrap()),
+            Cache::new(NonZeroUsize::new(100_000).unwrap()),
             fake.clone(),
             Arc::new(TokioClock::new()),
-            Duration::from_secs(15),
+            Settings {
+                deadline: Duration::from_secs(15),
+                negative_ttl: Duration::from_secs(3600),
+                refresh_interval: INTERVAL,
+            },
         ))
     }
 
-    async fn resolve(r: &Arc<Resolver>, key: &str) -> Resolution {
+    pub(crate) async fn resolve(r: &Arc<Resolver>, key: &str) -> Resolution {
         match r.lookup(key.as_bytes()).await {
             Lookup::Resolved { resolution, .. } => resolution,
             Lookup::Skipped(s) => panic!("skipped: {s}"),
         }
     }
 
-    fn id_of(r: &Resolution) -> Option<String> {
+    pub(crate) fn id_of(r: &Resolution) -> Option<String> {
         match r {
             Resolution::Policy(e) => Some(e.id.clone()),
             _ => None,
         }
     }
 
-    /// Lets spawned background discoveries run to completion under paused time.
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn rfc8461_3_3_cached_policy_survives_dns_and_https_failure_until_expiry() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 7200));
         let r = resolver(&fake);
         assert_eq!(
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
         );
-        // Everything fails from now on.
         fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
         fake.set_fetch(Err(FetchError::Timeout));
-        // Past the recheck interval: the hit still answers at once and starts a check.
-        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
+        assert_eq!(
+            id_of(&r.refresh("example.test").await).as_deref(),
+            Some("one")
+        );
         assert_eq!(
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
         );
-        settle().await;
-        assert_eq!(fake.calls().0, 2, "a background TXT check ran");
-        assert_eq!(
-            id_of(&resolve(&r, "example.test").await).as_deref(),
-            Some("one")
-        );
+        assert_eq!(fake.calls(), (2, 1), "hits never touch the network");
+        // Backed off at least five minutes (RFC 8461 §3.3).
+        let next = r.cache().policy_state("example.test").unwrap().next_check;
+        assert!(next >= r.clock().now() + FETCH_BACKOFF);
         // After max_age (7200 s from the fetch) the policy is gone: no policy, not TEMP.
         tokio::time::advance(Duration::from_secs(7200)).await;
         assert!(matches!(
@@ -459,14 +531,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rfc8461_3_1_vanished_txt_record_keeps_the_cached_policy() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 86400));
         let r = resolver(&fake);
         resolve(&r, "example.test").await;
         fake.set_txt(TxtLookup::NoPolicy(NoPolicy::NxDomain));
-        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
-        resolve(&r, "example.test").await;
-        settle().await;
+        assert_eq!(
+            id_of(&r.refresh("example.test").await).as_deref(),
+            Some("one")
+        );
         assert_eq!(
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
@@ -476,20 +549,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rfc8461_3_1_new_id_fetches_and_replaces_the_policy() {
-        let fake = Arc::new(Fake::default());
-        fake.publish("one", &policy("enforce", 86400));
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 604800));
         let r = resolver(&fake);
         resolve(&r, "example.test").await;
         // Same id: the TXT check does not fetch.
-        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
-        resolve(&r, "example.test").await;
-        settle().await;
+        r.refresh("example.test").await;
         assert_eq!(fake.calls(), (2, 1));
-        // New id with a weaker policy (RFC 8461 §8.3 opt-out path): applied after the check.
-        fake.publish("two", &policy("testing", 86400));
-        tokio::time::advance(RECHECK_INTERVAL + Duration::from_secs(1)).await;
-        resolve(&r, "example.test").await;
-        settle().await;
+        // New id with a weaker policy (the RFC 8461 §8.3 opt-out path): applied.
+        fake.publish("two", &policy("testing", 604800));
+        r.refresh("example.test").await;
         let now = resolve(&r, "example.test").await;
         assert_eq!(id_of(&now).as_deref(), Some("two"));
         let Resolution::Policy(e) = now else {
@@ -501,7 +570,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rfc8461_3_3_fetch_failure_backs_off_five_minutes() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 86400));
         fake.set_fetch(Err(FetchError::Status {
             code: 500,
@@ -515,7 +584,7 @@ mod tests {
         tokio::time::advance(FETCH_BACKOFF - Duration::from_secs(1)).await;
         assert!(matches!(
             resolve(&r, "example.test").await,
-            Resolution::NoPolicy
+            Resolution::Failed(_)
         ));
         assert_eq!(fake.calls(), (1, 1), "no new attempt within the back-off");
         fake.publish("one", &policy("enforce", 86400));
@@ -529,7 +598,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn negative_answers_are_remembered_but_dns_errors_are_not() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         let r = resolver(&fake);
         assert!(matches!(
             resolve(&r, "none.test").await,
@@ -540,7 +609,7 @@ mod tests {
             Resolution::NoPolicy
         ));
         assert_eq!(fake.calls().0, 1);
-        tokio::time::advance(NEGATIVE_TTL).await;
+        tokio::time::advance(Duration::from_secs(3600)).await;
         resolve(&r, "none.test").await;
         assert_eq!(fake.calls().0, 2, "asked again after negative_ttl");
 
@@ -558,7 +627,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn spec_a4_5_max_age_zero_applies_once_and_is_not_cached() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 0));
         let r = resolver(&fake);
         assert_eq!(
@@ -575,9 +644,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cold_lookup_answers_at_the_deadline_and_discovery_fills_the_cache() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 86400));
-        *fake.delay.lock().unwrap() = Duration::from_secs(10);
+        fake.set_delay(Duration::from_secs(10));
         let r = resolver(&fake);
         let start = tokio::time::Instant::now();
         // TXT 10 s + fetch 10 s exceeds the 15 s deadline.
@@ -586,9 +655,8 @@ mod tests {
             Resolution::Failed(_)
         ));
         assert_eq!(start.elapsed(), Duration::from_secs(15));
-        tokio::time::advance(Duration::from_secs(6)).await;
-        settle().await;
-        *fake.delay.lock().unwrap() = Duration::ZERO;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        fake.set_delay(Duration::ZERO);
         assert_eq!(
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
@@ -598,9 +666,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_cold_lookups_share_one_discovery() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 86400));
-        *fake.delay.lock().unwrap() = Duration::from_millis(100);
+        fake.set_delay(Duration::from_millis(100));
         let r = resolver(&fake);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..1000 {

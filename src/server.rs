@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::{debug, error, info, warn};
 
-use crate::answer::{self, Profile, Rendered};
-use crate::config::{Config, ListenAddr};
+use crate::answer::{self, Rendered};
+use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
 use crate::proto::{Reply, socketmap, tcp_table};
 use crate::resolve::{Lookup, Resolution, Resolver};
 
@@ -376,7 +376,7 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
         }
     };
     let start = Instant::now();
-    let (profile, fits): (&Profile, fn(&str) -> bool) = match &map {
+    let (profile, fits): (&MapProfile, fn(&str) -> bool) = match &map {
         Some(m) => (shared.config.profile(m), socketmap::found_fits),
         None => (shared.config.tcp_table_profile(), tcp_table::found_fits),
     };
@@ -394,13 +394,14 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
 }
 
 /// Maps a lookup to the Postfix reply. Everything that is not an applicable policy is NOTFOUND,
-/// never the Postfix level `none` (which would switch off opportunistic TLS, spec E11).
-pub fn reply_for(lookup: &Lookup, profile: &Profile, fits: fn(&str) -> bool) -> Reply {
+/// never the Postfix level `none` (which would switch off opportunistic TLS, spec E11); a failed
+/// lookup is TEMP only where the map asks to fail closed.
+pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&str) -> bool) -> Reply {
     match lookup {
         Lookup::Resolved {
             domain,
             resolution: Resolution::Policy(entry),
-        } => match answer::render_fitting(domain, &entry.policy, profile, fits) {
+        } => match answer::render_fitting(domain, &entry.policy, &profile.answer, fits) {
             Rendered::Found(v) => Reply::Found(v),
             Rendered::NotFound => Reply::NotFound,
             Rendered::TooLarge => {
@@ -413,6 +414,12 @@ pub fn reply_for(lookup: &Lookup, profile: &Profile, fits: fn(&str) -> bool) -> 
                 Reply::Temp("policy answer too large".into())
             }
         },
+        Lookup::Resolved {
+            resolution: Resolution::Failed(reason),
+            ..
+        } if profile.on_lookup_error == OnLookupError::Temp => {
+            Reply::Temp(format!("MTA-STS lookup failed: {reason}"))
+        }
         _ => Reply::NotFound,
     }
 }

@@ -1,0 +1,244 @@
+//! Background refresh (RFC 8461 §3.3, §10.2): every cached domain's TXT record is checked about
+//! once per `[refresh] interval`, a changed id is fetched, and every policy is fetched again
+//! before it expires. Never answers Postfix.
+//!
+//! The resolver keeps the schedule (next check per domain) and the rules for applying results;
+//! this task only waits for the next due domain and runs at most `concurrency` discoveries at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::resolve::{Due, Resolver};
+
+/// Re-read the schedule at least this often, so a wall-clock jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Runs until `shutdown` turns true; refreshes still running then are abandoned (their results
+/// would only be re-fetched after a restart).
+pub async fn run(resolver: Arc<Resolver>, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let wait = match resolver.pop_due() {
+            Due::Domain(domain) => {
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => break,
+                };
+                let r = resolver.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    debug!(domain, "refreshing");
+                    r.refresh(&domain).await;
+                });
+                continue;
+            }
+            Due::At(t) => t
+                .duration_since(resolver.clock().now())
+                .unwrap_or_default()
+                .min(MAX_SLEEP),
+            Due::Idle => MAX_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = resolver.schedule_changed() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::cache::PolicyEntry;
+    use crate::policy::{Mode, parse_policy};
+    use crate::resolve::Resolution;
+    use crate::resolve::tests::{id_of, policy, resolve, resolver};
+    use crate::source::fake::FakeSource;
+    use crate::source::{FetchError, NoPolicy, TxtLookup};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn start(r: &Arc<Resolver>, concurrency: usize) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(run(r.clone(), concurrency, rx));
+        tx
+    }
+
+    /// Captures log lines at warn and above for the current (single-threaded) test runtime.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let logs = Logs::default();
+            let w = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish();
+            let guard = tracing::subscriber::set_default(subscriber);
+            (logs, guard)
+        }
+        fn count(&self, needle: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loaded_cache_is_checked_spread_over_the_interval_within_concurrency() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_id("one");
+        fake.set_delay(Duration::from_secs(2));
+        let r = resolver(&fake);
+        let week = policy("enforce", 604_800);
+        let now = r.clock().now();
+        for i in 0..2000 {
+            let p = parse_policy(week.as_bytes()).unwrap();
+            r.preload(
+                &format!("d{i}.test"),
+                Arc::new(PolicyEntry::new("one".into(), p, now)),
+            );
+        }
+        let _stop = start(&r, 4);
+        tokio::time::sleep(HOUR).await;
+        let first_hour = fake.calls().0;
+        // Uniform over 24 h: about 83 in the first hour; a herd would be all 2000.
+        assert!(first_hour > 20 && first_hour < 200, "{first_hour}");
+        tokio::time::sleep(23 * HOUR + Duration::from_secs(600)).await;
+        let (txt, fetches) = fake.calls();
+        assert!(
+            (2000..2400).contains(&txt),
+            "every domain checked once: {txt}"
+        );
+        assert_eq!(fetches, 0, "unchanged ids, far from expiry: no fetch");
+        assert!(fake.max_running.load(Ordering::SeqCst) <= 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc8461_10_2_refetched_before_expiry_even_when_the_txt_record_is_gone() {
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 172_800));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        let _stop = start(&r, 2);
+        fake.set_txt(TxtLookup::NoPolicy(NoPolicy::NxDomain));
+        let renewed = "version: STSv1\nmode: enforce\nmx: mx2.example.test\nmax_age: 172800\n";
+        fake.set_fetch(Ok(renewed.as_bytes().to_vec()));
+        // Lead time is min(interval, max_age/2) = 24 h: fetched again by 24 h after the first fetch.
+        tokio::time::sleep(25 * HOUR).await;
+        let Resolution::Policy(e) = resolve(&r, "example.test").await else {
+            panic!("policy lost");
+        };
+        assert_eq!(e.policy.mx[0].policy_form(), "mx2.example.test");
+        assert_eq!(e.id, "one", "kept under the cached id");
+        // Valid well past the first policy's expiry (48 h).
+        tokio::time::sleep(30 * HOUR).await;
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::Policy(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_changed_while_the_id_stays_is_seen_at_the_refetch_before_expiry() {
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 604_800));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        let _stop = start(&r, 2);
+        let changed = "version: STSv1\nmode: enforce\nmx: other.example.test\nmax_age: 604800\n";
+        fake.set_fetch(Ok(changed.as_bytes().to_vec()));
+        // Daily TXT checks see the same id and do not fetch ...
+        tokio::time::sleep(3 * 24 * HOUR).await;
+        assert_eq!(fake.calls().1, 1);
+        // ... until a day before expiry, when the policy is fetched whatever the id says.
+        tokio::time::sleep(4 * 24 * HOUR).await;
+        let Resolution::Policy(e) = resolve(&r, "example.test").await else {
+            panic!("policy lost");
+        };
+        assert_eq!(e.policy.mx[0].policy_form(), "other.example.test");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_with_every_refresh_failing_ends_in_no_policy_warned_once_per_backoff() {
+        let (logs, _guard) = Logs::capture();
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 7200));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        let _stop = start(&r, 2);
+        fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
+        fake.set_fetch(Err(FetchError::Timeout));
+        tokio::time::sleep(HOUR + Duration::from_secs(1800)).await;
+        // Still served while the failures are backed off.
+        assert_eq!(
+            id_of(&resolve(&r, "example.test").await).as_deref(),
+            Some("one")
+        );
+        tokio::time::sleep(HOUR).await;
+        assert!(matches!(
+            resolve(&r, "example.test").await,
+            Resolution::Failed(_)
+        ));
+        let (txt, _) = fake.calls();
+        // First check 1 h before expiry, then back-offs of 5, 10, 20 min ... (RFC 8461 §3.3).
+        assert!((3..=7).contains(&txt), "attempts: {txt}");
+        assert_eq!(logs.count("refresh failed"), 1, "{}", logs.text());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mode_none_with_a_new_id_cancels_and_the_downgrade_is_warned() {
+        let (logs, _guard) = Logs::capture();
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 604_800));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        fake.publish("two", "version: STSv1\nmode: none\nmax_age: 604800\n");
+        r.refresh("example.test").await;
+        let Resolution::Policy(e) = resolve(&r, "example.test").await else {
+            panic!("mode none is cached like any policy");
+        };
+        assert_eq!(e.policy.mode, Mode::None);
+        let text = logs.text();
+        assert_eq!(logs.count("policy weakened"), 1, "{text}");
+        assert!(
+            text.contains("old_mode=enforce") && text.contains("new_mode=none"),
+            "{text}"
+        );
+        // A vanished TXT record alone is not a downgrade: nothing new is logged at warn for it
+        // beyond the one refresh warning.
+        fake.set_txt(TxtLookup::NoPolicy(NoPolicy::NxDomain));
+        r.refresh("example.test").await;
+        assert_eq!(logs.count("policy weakened"), 1);
+    }
+}
