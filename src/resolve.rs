@@ -395,7 +395,7 @@ impl Resolver {
         let next = (now + Self::backoff(failures)).min(e.expires.max(now + MIN_CHECK_GAP));
         let failures = self.cache.record_check(domain, next, true);
         self.schedule_at(domain, next);
-        if failures == 1 || failures % 16 == 0 {
+        if failures == 1 || failures.is_multiple_of(16) {
             warn!(domain, id = e.id, failures, reason = failure,
                   expires = %rfc3339(e.expires),
                   "refresh failed; keeping the cached policy until it expires");
