@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::{error, info};
 
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -16,12 +17,14 @@ use crate::refresh;
 use crate::resolve::{Resolver, Settings};
 use crate::server::{self, Listener, Protocol, Shared};
 use crate::source::PolicySource;
+use crate::store::Store;
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Daemon {
     resolver: Arc<Resolver>,
+    store: Store,
     bound: Vec<(Protocol, ListenAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -47,8 +50,17 @@ impl Daemon {
         source: Arc<dyn PolicySource>,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
+        // The cache is loaded before any listener exists, so the first lookup already sees every
+        // policy that was ever answered (warm restart).
+        let started = tokio::time::Instant::now();
+        let dir = config.cache.dir.clone();
+        let now = clock.now();
+        let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
+            .await
+            .map_err(|e| StartError(format!("policy cache: loader failed: {e}")))?
+            .map_err(|e| StartError(format!("policy cache: {e}")))?;
         let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
-        let resolver = Arc::new(Resolver::new(
+        let resolver = Resolver::new(
             Cache::new(capacity),
             source,
             clock,
@@ -57,7 +69,25 @@ impl Daemon {
                 negative_ttl: config.cache.negative_ttl,
                 refresh_interval: config.refresh.interval,
             },
-        ));
+        )
+        .with_store(store.clone());
+        for (domain, entry) in &loaded.policies {
+            resolver.preload(domain, entry.clone());
+        }
+        for (domain, reason, until) in &loaded.negatives {
+            resolver.preload_negative(domain, reason, *until);
+        }
+        info!(
+            dir = %config.cache.dir.display(),
+            policies = loaded.policies.len(),
+            negatives = loaded.negatives.len(),
+            expired = loaded.expired,
+            skipped = loaded.skipped,
+            bytes = loaded.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy cache loaded"
+        );
+        let resolver = Arc::new(resolver);
         let mut listeners = Vec::new();
         for (protocol, l) in [
             (Protocol::Socketmap, &config.socketmap),
@@ -85,6 +115,8 @@ impl Daemon {
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError(format!("listener address: {e}")))?;
+            // Logged here, before start() returns, so "listening" always precedes "ready".
+            info!(protocol = protocol.name(), listen = %addr, "listening");
             bound.push((protocol, addr));
             tasks.spawn(server::run_listener(
                 listener,
@@ -100,6 +132,7 @@ impl Daemon {
         ));
         Ok(Daemon {
             resolver,
+            store,
             bound,
             shutdown: tx,
             tasks,
@@ -125,6 +158,9 @@ impl Daemon {
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             self.tasks.abort_all();
+        }
+        if let Err(e) = self.store.flush().await {
+            error!(error = %e, "policy cache: final flush failed");
         }
     }
 }

@@ -20,3 +20,4 @@ pub mod refresh;
 pub mod resolve;
 pub mod server;
 pub mod source;
+pub mod store;

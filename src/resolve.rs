@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cache::{Cache, Hit, PolicyEntry};
 use crate::clock::Clock;
@@ -22,6 +22,7 @@ use crate::discovery::{self, Known, Outcome};
 use crate::key::{self, Skip};
 use crate::policy::Policy;
 use crate::source::PolicySource;
+use crate::store::{Record, Store};
 
 /// RFC 8461 §3.3: after a failed HTTPS GET, wait five minutes or longer before trying again.
 pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
@@ -84,6 +85,8 @@ pub struct Resolver {
     schedule: Mutex<BinaryHeap<Reverse<(SystemTime, String)>>>,
     wake: Notify,
     jitter_seed: std::collections::hash_map::RandomState,
+    /// Where new policies and negatives are made durable before they are first answered.
+    store: Option<Store>,
 }
 
 impl Resolver {
@@ -102,6 +105,23 @@ impl Resolver {
             schedule: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
             jitter_seed: std::collections::hash_map::RandomState::new(),
+            store: None,
+        }
+    }
+
+    /// Persists every new or changed policy and every "no policy" entry to `store`.
+    pub fn with_store(mut self, store: Store) -> Resolver {
+        self.store = Some(store);
+        self
+    }
+
+    /// Writes a record and waits until it is on disk. A failing disk is logged and the answer is
+    /// still given from memory: refusing to answer would defer all mail.
+    async fn persist(&self, record: Record) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.write(record).await
+        {
+            error!(error = %e, "cannot persist the policy cache; serving from memory");
         }
     }
 
@@ -314,6 +334,13 @@ impl Resolver {
                           "policy fetched with max_age 0: applied once, not cached");
                     return Resolution::Policy(entry);
                 }
+                // Durable before it is first answered: the waiting lookups get it only after this
+                // (trust on first use must survive a crash, RFC 8461 §10.2).
+                self.persist(Record::Policy {
+                    domain: domain.to_string(),
+                    entry: entry.clone(),
+                })
+                .await;
                 let next = self.next_check(&entry, now);
                 let old = self.cache.insert_policy(domain, entry.clone(), next, now);
                 self.schedule_at(domain, next);
@@ -337,13 +364,19 @@ impl Resolver {
                     if state.is_some() {
                         info!(domain, reason = %reason, "cached policy expired and no policy is published now; dropped");
                     }
-                    self.cache.insert_negative(
-                        domain,
-                        &reason.to_string(),
-                        false,
-                        now,
-                        now + self.settings.negative_ttl,
-                    );
+                    let reason = reason.to_string();
+                    let until = now + self.settings.negative_ttl;
+                    if self
+                        .cache
+                        .insert_negative(domain, &reason, false, now, until)
+                    {
+                        self.persist(Record::Negative {
+                            domain: domain.to_string(),
+                            reason,
+                            until,
+                        })
+                        .await;
+                    }
                     return Resolution::NoPolicy;
                 }
                 // RFC 8461 §3.1, §5.1: a vanished TXT record does not cancel a cached policy.
@@ -357,7 +390,13 @@ impl Resolver {
                         reason, elapsed_ms, "TXT lookup failed; no policy cached"
                     );
                     if state.is_some() {
+                        // The cached policy has expired: drop it, on disk too.
                         self.cache.remove(domain);
+                        if let Some(store) = &self.store {
+                            store.write_nowait(Record::Remove {
+                                domain: domain.to_string(),
+                            });
+                        }
                     }
                     return Resolution::Failed(reason.into());
                 }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::answer::{self, Rendered};
 use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
@@ -115,7 +115,6 @@ pub async fn run_listener(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    info!(protocol = protocol.name(), listen = addr, "listening");
     let mut cap_warned = false;
     loop {
         let permit = match shared.connections.clone().try_acquire_owned() {

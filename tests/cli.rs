@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::World;
 use common::harness::{SocketmapClient, config_text, enforce_body};
@@ -141,40 +139,8 @@ async fn serve_answers_postfix_and_stops_on_sigterm() {
         .await;
     let cfg = w.dir().join("serve.toml");
     std::fs::write(&cfg, config_text(&w, "")).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("-c")
-        .arg(&cfg)
-        .arg("serve")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The "listening" log lines carry the ports the kernel chose.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut socketmap = None;
-    let mut ready = false;
-    while !(ready && socketmap.is_some()) {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("daemon log line");
-        if line.contains("listening") && line.contains("socketmap") {
-            let addr = line.split("inet:").nth(1).unwrap();
-            let addr: String = addr
-                .chars()
-                .take_while(|c| !c.is_whitespace() && *c != '"')
-                .collect();
-            socketmap = Some(addr.parse::<std::net::SocketAddr>().unwrap());
-        }
-        ready |= line.contains("ready");
-    }
-    let mut c = SocketmapClient::connect(socketmap.unwrap()).await;
+    let (mut child, socketmap, _logs) = common::harness::serve_child(BIN, &cfg);
+    let mut c = SocketmapClient::connect(socketmap).await;
     assert_eq!(
         c.query("postfix", b"good.test").await,
         "OK secure match=mx.good.test servername=hostname"

@@ -43,6 +43,8 @@ timeout = "{DNS_TIMEOUT}"
 timeout = "{HTTPS_TIMEOUT}"
 ca_files = ["{ca}"]
 port = {port}
+[cache]
+dir = "{state}"
 [maps.strict]
 strict_testing = true
 [maps.tlsrpt]
@@ -54,6 +56,7 @@ servername = false
         dns = world.dns_addr(),
         ca = world.ca_file().display(),
         port = world.https_port(),
+        state = world.dir().join("state").display(),
     )
 }
 
@@ -244,4 +247,53 @@ pub fn enforce_body(mx: &[&str]) -> String {
     }
     s.push_str("max_age: 86400\n");
     s
+}
+
+/// Starts `<bin> -c <config> serve` as a child process and waits for its `listening` (socketmap)
+/// and `ready` log lines; returns the child, the socketmap address the kernel chose, and the
+/// rest of its log lines.
+pub fn serve_child(
+    bin: &str,
+    config: &Path,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the daemon");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("daemon log line");
+        if line.contains("listening") && line.contains("socketmap") {
+            let a = line.split("inet:").nth(1).expect("inet address");
+            let a: String = a
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '"')
+                .collect();
+            addr = Some(a.parse().expect("socket address"));
+        }
+        if line.contains("ready") && addr.is_some() {
+            break;
+        }
+    }
+    (child, addr.expect("socketmap address"), rx)
 }
