@@ -84,13 +84,17 @@ const EVICTION_SCAN: usize = 64;
 
 pub struct Cache {
     slots: Mutex<LruCache<String, Slot>>,
+    /// `cache.max_entries`. Enforced here rather than by `LruCache::new(cap)`, which would
+    /// allocate a table for all of them up front (about 100 MiB for the default million).
+    capacity: usize,
     evicted_policies: AtomicU64,
 }
 
 impl Cache {
     pub fn new(capacity: NonZeroUsize) -> Cache {
         Cache {
-            slots: Mutex::new(LruCache::new(capacity)),
+            slots: Mutex::new(LruCache::unbounded()),
+            capacity: capacity.get(),
             evicted_policies: AtomicU64::new(0),
         }
     }
@@ -237,7 +241,7 @@ impl Cache {
     /// Frees one slot when the cache is full and `domain` is new: an expired entry first, then a
     /// negative one, among the least recently used; only then the least recently used policy.
     fn make_room(&self, slots: &mut LruCache<String, Slot>, domain: &str, now: SystemTime) {
-        if slots.len() < slots.cap().get() || slots.contains(domain) {
+        if slots.len() < self.capacity || slots.contains(domain) {
             return;
         }
         let lru = || slots.iter().rev().take(EVICTION_SCAN);
