@@ -79,7 +79,7 @@ pub fn render(
             out.push_str(&p.policy_form());
         }
         // RFC 8460 §4.5: one policy-string entry per policy line, in file order.
-        for (key, value) in &policy.lines {
+        for (key, value) in policy.lines.iter() {
             if representable(key) && representable(value) {
                 out.push_str(" { policy_string = ");
                 out.push_str(key);

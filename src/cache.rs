@@ -1,15 +1,15 @@
 //! The in-memory policy cache: domain → a policy with its lifetime, or a remembered "no policy".
 //!
-//! Pure data behind one std `Mutex` around an LRU: no I/O, no `.await`, so the lock is never held
-//! across a suspension point and a hit costs one short critical section. Persistence and refresh
+//! Pure data behind one std `RwLock` around a hash map: no I/O, no `.await`, so the lock is never
+//! held across a suspension point. A hit takes only the shared read lock; its bookkeeping (last
+//! use, hit count) is relaxed atomics in the entry, read by eviction and operators. Persistence and refresh
 //! work on the same [`PolicyEntry`] values through plain data.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
-
-use lru::LruCache;
 
 use tracing::warn;
 
@@ -50,13 +50,58 @@ enum Slot {
         next_check: SystemTime,
         /// Refresh failures in a row (for back-off and rate-limited warnings).
         failures: u32,
+        usage: Usage,
     },
     Negative {
         reason: Arc<str>,
         until: SystemTime,
         /// A fetch failure being backed off (RFC 8461 §3.3), as opposed to "no policy".
         failure: bool,
+        usage: Usage,
     },
+}
+
+/// Hit bookkeeping, updated under the shared read lock with relaxed atomics: a hit never takes
+/// the exclusive lock and never moves anything in memory.
+#[derive(Default)]
+struct Usage {
+    /// Wall time of the last hit, in milliseconds since the epoch (for eviction).
+    last_used_ms: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl Usage {
+    fn at(now: SystemTime) -> Usage {
+        let u = Usage::default();
+        u.last_used_ms.store(millis(now), Ordering::Relaxed);
+        u
+    }
+
+    fn touch(&self, now: SystemTime) {
+        self.last_used_ms.store(millis(now), Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Slot {
+    fn usage(&self) -> &Usage {
+        match self {
+            Slot::Policy { usage, .. } | Slot::Negative { usage, .. } => usage,
+        }
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        match self {
+            Slot::Policy { entry, .. } => !entry.is_valid(now),
+            Slot::Negative { until, .. } => *until <= now,
+        }
+    }
 }
 
 /// What the cache knows about a domain right now.
@@ -76,16 +121,19 @@ pub struct PolicyState {
     pub entry: Arc<PolicyEntry>,
     pub next_check: SystemTime,
     pub failures: u32,
+    pub hits: u64,
 }
 
-/// How many of the least recently used entries are searched for an expired or negative victim
-/// before the least recently used policy itself is evicted; bounds the cost of a full insert.
-const EVICTION_SCAN: usize = 64;
+/// How many entries a full insert looks at to choose a victim (expired first, then negative,
+/// then the least recently used): sampled eviction keeps an insert O(1) at any cache size, and
+/// 64 samples make evicting a frequently used policy very unlikely.
+const EVICTION_SAMPLE: usize = 64;
+
+type Slots = HashMap<Box<str>, Slot>;
 
 pub struct Cache {
-    slots: Mutex<LruCache<String, Slot>>,
-    /// `cache.max_entries`. Enforced here rather than by `LruCache::new(cap)`, which would
-    /// allocate a table for all of them up front (about 100 MiB for the default million).
+    slots: RwLock<Slots>,
+    /// `cache.max_entries`.
     capacity: usize,
     evicted_policies: AtomicU64,
 }
@@ -93,60 +141,72 @@ pub struct Cache {
 impl Cache {
     pub fn new(capacity: NonZeroUsize) -> Cache {
         Cache {
-            slots: Mutex::new(LruCache::unbounded()),
+            slots: RwLock::new(HashMap::new()),
             capacity: capacity.get(),
             evicted_policies: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<String, Slot>> {
-        // A panic while holding this lock cannot leave a slot half-written (every mutation is a
-        // single put/pop or field store), so a poisoned lock is still consistent: keep serving.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic while holding the lock cannot leave a slot half-written (every mutation is a
+    // single insert/remove or field store), so a poisoned lock is still consistent: keep serving.
+    fn read(&self) -> RwLockReadGuard<'_, Slots> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lookup path: promotes the domain in the LRU; expired slots count as a miss.
+    fn write(&self) -> RwLockWriteGuard<'_, Slots> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lookup path: a shared read lock, a hash lookup, an `Arc` clone and two relaxed atomic
+    /// updates. Expired slots count as a miss.
     pub fn get(&self, domain: &str, now: SystemTime) -> Hit {
-        let mut slots = self.lock();
-        match slots.get(domain) {
-            Some(Slot::Policy { entry, .. }) if entry.is_valid(now) => Hit::Policy(entry.clone()),
-            Some(Slot::Negative {
-                reason,
-                until,
-                failure,
-            }) if now < *until => Hit::Negative {
+        let slots = self.read();
+        let Some(slot) = slots.get(domain) else {
+            return Hit::Miss;
+        };
+        if slot.expired(now) {
+            return Hit::Miss;
+        }
+        slot.usage().touch(now);
+        match slot {
+            Slot::Policy { entry, .. } => Hit::Policy(entry.clone()),
+            Slot::Negative {
+                reason, failure, ..
+            } => Hit::Negative {
                 reason: reason.clone(),
                 failure: *failure,
             },
-            _ => Hit::Miss,
         }
     }
 
-    /// The valid policy for `domain`, if any, without touching the LRU order.
+    /// The valid policy for `domain`, if any, without counting a hit.
     pub fn valid_policy(&self, domain: &str, now: SystemTime) -> Option<Arc<PolicyEntry>> {
-        match self.lock().peek(domain) {
+        match self.read().get(domain) {
             Some(Slot::Policy { entry, .. }) if entry.is_valid(now) => Some(entry.clone()),
             _ => None,
         }
     }
 
-    /// The cached policy (valid or not) and its refresh state, without touching the LRU order.
+    /// The cached policy (valid or not) and its refresh state, without counting a hit.
     pub fn policy_state(&self, domain: &str) -> Option<PolicyState> {
-        match self.lock().peek(domain) {
+        match self.read().get(domain) {
             Some(Slot::Policy {
                 entry,
                 next_check,
                 failures,
+                usage,
             }) => Some(PolicyState {
                 entry: entry.clone(),
                 next_check: *next_check,
                 failures: *failures,
+                hits: usage.hits.load(Ordering::Relaxed),
             }),
             _ => None,
         }
     }
 
-    /// Stores a policy; returns the policy it replaced, if that one was still valid.
+    /// Stores a policy; returns the policy it replaced, if that one was still valid. The hit
+    /// count carries over when a domain's policy is replaced.
     pub fn insert_policy(
         &self,
         domain: &str,
@@ -154,14 +214,20 @@ impl Cache {
         next_check: SystemTime,
         now: SystemTime,
     ) -> Option<Arc<PolicyEntry>> {
-        let mut slots = self.lock();
+        let mut slots = self.write();
         self.make_room(&mut slots, domain, now);
-        let old = slots.put(
-            domain.to_string(),
+        let usage = Usage::at(now);
+        if let Some(old) = slots.get(domain) {
+            let hits = old.usage().hits.load(Ordering::Relaxed);
+            usage.hits.store(hits, Ordering::Relaxed);
+        }
+        let old = slots.insert(
+            domain.into(),
             Slot::Policy {
                 entry,
                 next_check,
                 failures: 0,
+                usage,
             },
         );
         match old {
@@ -181,19 +247,20 @@ impl Cache {
         now: SystemTime,
         until: SystemTime,
     ) -> bool {
-        let mut slots = self.lock();
-        if let Some(Slot::Policy { entry, .. }) = slots.peek(domain)
+        let mut slots = self.write();
+        if let Some(Slot::Policy { entry, .. }) = slots.get(domain)
             && entry.is_valid(now)
         {
             return false;
         }
         self.make_room(&mut slots, domain, now);
-        slots.put(
-            domain.to_string(),
+        slots.insert(
+            domain.into(),
             Slot::Negative {
                 reason: reason.into(),
                 until,
                 failure,
+                usage: Usage::at(now),
             },
         );
         true
@@ -202,7 +269,7 @@ impl Cache {
     /// Records a refresh of a cached policy: the next check time, and whether it failed. Returns
     /// the failures in a row after this one (0 on success).
     pub fn record_check(&self, domain: &str, next: SystemTime, failed: bool) -> u32 {
-        match self.lock().peek_mut(domain) {
+        match self.write().get_mut(domain) {
             Some(Slot::Policy {
                 next_check,
                 failures,
@@ -222,11 +289,11 @@ impl Cache {
 
     /// Removes a domain; true if it was there.
     pub fn remove(&self, domain: &str) -> bool {
-        self.lock().pop(domain).is_some()
+        self.write().remove(domain).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -238,33 +305,38 @@ impl Cache {
         self.evicted_policies.load(Ordering::Relaxed)
     }
 
-    /// Frees one slot when the cache is full and `domain` is new: an expired entry first, then a
-    /// negative one, among the least recently used; only then the least recently used policy.
-    fn make_room(&self, slots: &mut LruCache<String, Slot>, domain: &str, now: SystemTime) {
-        if slots.len() < self.capacity || slots.contains(domain) {
+    /// Frees one slot when the cache is full and `domain` is new: among a sample of entries, an
+    /// expired one first, then a negative one, then the least recently used policy.
+    fn make_room(&self, slots: &mut Slots, domain: &str, now: SystemTime) {
+        if slots.len() < self.capacity || slots.contains_key(domain) {
             return;
         }
-        let lru = || slots.iter().rev().take(EVICTION_SCAN);
-        let expired = |s: &Slot| match s {
-            Slot::Policy { entry, .. } => !entry.is_valid(now),
-            Slot::Negative { until, .. } => *until <= now,
+        let rank = |s: &Slot| {
+            let class = if s.expired(now) {
+                0
+            } else if matches!(s, Slot::Negative { .. }) {
+                1
+            } else {
+                2
+            };
+            (class, s.usage().last_used_ms.load(Ordering::Relaxed))
         };
-        let victim = lru()
-            .find(|(_, s)| expired(s))
-            .or_else(|| lru().find(|(_, s)| matches!(s, Slot::Negative { .. })))
+        let victim = slots
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, s)| rank(s))
             .map(|(k, _)| k.clone());
-        let evicted = match victim {
-            Some(k) => slots.pop_entry(&k),
-            None => slots.pop_lru(),
+        let Some(victim) = victim else {
+            return;
         };
-        if let Some((d, Slot::Policy { entry, .. })) = evicted
+        if let Some(Slot::Policy { entry, .. }) = slots.remove(&victim)
             && entry.is_valid(now)
         {
             self.evicted_policies.fetch_add(1, Ordering::Relaxed);
             if entry.policy.mode == Mode::Enforce {
                 // Trust on first use (RFC 8461 §10.2) is lost for this domain until it is seen again.
                 warn!(
-                    domain = d,
+                    domain = &*victim,
                     id = entry.id,
                     "cache full (cache.max_entries): evicted an unexpired enforce policy"
                 );
@@ -358,34 +430,29 @@ mod tests {
     #[test]
     fn capacity_evicts_expired_then_negatives_then_least_recently_used() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
         let c = Cache::new(NonZeroUsize::new(4).unwrap());
-        let later = t0 + Duration::from_secs(500);
-        c.insert_policy("old.test", entry("a", 100, t0), t0, t0); // expired at `later`
-        c.insert_policy("p1.test", entry("a", 1000, t0), t0, t0);
-        c.insert_negative(
-            "neg.test",
-            "none",
-            false,
-            t0,
-            t0 + Duration::from_secs(3600),
-        );
-        c.insert_policy("p2.test", entry("a", 1000, t0), t0, t0);
-        // Full: the expired policy goes first, although it is not the least recently used slot
-        // that is valid.
-        c.insert_policy("new1.test", entry("a", 1000, later), later, later);
+        c.insert_policy("old.test", entry("a", 100, t0), t0, t0); // expired from s(100)
+        c.insert_policy("p1.test", entry("a", 1000, t0), t0, s(1));
+        c.insert_negative("neg.test", "none", false, s(2), s(3600));
+        c.insert_policy("p2.test", entry("a", 1000, t0), t0, s(3));
+        // Full: the expired policy goes first, although it is not the least recently used.
+        c.get("p1.test", s(400));
+        c.insert_policy("new1.test", entry("a", 1000, s(500)), s(500), s(500));
         assert!(c.policy_state("old.test").is_none());
-        assert!(matches!(c.get("neg.test", later), Hit::Negative { .. }));
-        // Then the negative.
-        c.insert_policy("new2.test", entry("a", 1000, later), later, later);
-        assert!(matches!(c.get("neg.test", later), Hit::Miss));
+        assert!(matches!(c.get("neg.test", s(501)), Hit::Negative { .. }));
+        // Then the negative, although it was just used.
+        c.insert_policy("new2.test", entry("a", 1000, s(502)), s(502), s(502));
+        assert!(matches!(c.get("neg.test", s(503)), Hit::Miss));
         assert_eq!(c.evicted_policies(), 0);
-        // Then the least recently used valid policy, counted. p1 was used least recently.
-        c.get("p2.test", later);
-        c.insert_policy("new3.test", entry("a", 1000, later), later, later);
-        assert!(c.valid_policy("p1.test", later).is_none());
-        assert!(c.valid_policy("p2.test", later).is_some());
+        // Then the least recently used valid policy, counted: p2 (last used at insert, s(3)).
+        c.get("p1.test", s(504));
+        c.insert_policy("new3.test", entry("a", 1000, s(505)), s(505), s(505));
+        assert!(c.valid_policy("p2.test", s(505)).is_none());
+        assert!(c.valid_policy("p1.test", s(505)).is_some());
         assert_eq!(c.evicted_policies(), 1);
         assert_eq!(c.len(), 4);
+        assert_eq!(c.policy_state("p1.test").unwrap().hits, 2);
     }
 
     #[test]

@@ -419,7 +419,51 @@ pub struct Policy {
     pub mx: Vec<MxPattern>,
     /// Every non-empty line as (key, trimmed value), in file order, duplicates and unknown fields
     /// included: the TLSRPT `policy-string` (RFC 8460 §4.5) and the persisted form need them.
-    pub lines: Vec<(String, String)>,
+    pub lines: PolicyLines,
+}
+
+/// The policy's lines in canonical form, one allocation for all of them: `key: value\n` per
+/// line. Keys cannot contain ':' (RFC 8461 §3.2 `sts-policy-ext-name`) and values are trimmed
+/// and non-empty, so each line splits back into its key and value exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyLines(Box<str>);
+
+impl PolicyLines {
+    fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> PolicyLines {
+        let mut s = String::new();
+        for (k, v) in pairs {
+            s.push_str(k);
+            s.push_str(": ");
+            s.push_str(v);
+            s.push('\n');
+        }
+        PolicyLines(s.into_boxed_str())
+    }
+
+    /// (key, value) per line, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.lines().filter_map(|l| l.split_once(": "))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lines().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Owned pairs, for tests and callers that keep them.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// The canonical text itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Why a policy body was rejected. Every variant makes the whole policy invalid (spec A4.9),
@@ -587,7 +631,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
     let mut mode: Option<Mode> = None;
     let mut max_age: Option<(u32, bool)> = None;
     let mut mx = Vec::new();
-    let mut lines = Vec::new();
+    let mut lines: Vec<(&str, &str)> = Vec::new();
 
     for (index, raw) in text.split_inclusive('\n').enumerate() {
         let line_no = index + 1;
@@ -640,7 +684,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
             // Unknown fields and later duplicates (RFC 8461 §3.2: "SHALL be ignored").
             _ => {}
         }
-        lines.push((key.to_owned(), value.to_owned()));
+        lines.push((key, value));
     }
 
     if !version_seen {
@@ -657,7 +701,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         max_age,
         max_age_clamped,
         mx,
-        lines,
+        lines: PolicyLines::from_pairs(lines),
     })
 }
 
@@ -672,16 +716,8 @@ impl Policy {
     /// always holds.
     #[must_use]
     pub fn to_text(&self) -> String {
-        let readable_len: usize = self.lines.iter().map(|(k, v)| k.len() + v.len() + 3).sum();
-        if readable_len <= MAX_POLICY_BYTES {
-            let mut out = String::with_capacity(readable_len);
-            for (key, value) in &self.lines {
-                out.push_str(key);
-                out.push_str(": ");
-                out.push_str(value);
-                out.push('\n');
-            }
-            out
+        if self.lines.as_str().len() <= MAX_POLICY_BYTES {
+            self.lines.as_str().to_owned()
         } else {
             self.lines
                 .iter()
@@ -1160,7 +1196,7 @@ pub(crate) mod tests {
             ["mail.example.com", "*.example.net", "backupmx.example.com"]
         );
         assert_eq!(
-            p.lines,
+            p.lines.to_vec(),
             kv(&[
                 ("version", "STSv1"),
                 ("mode", "enforce"),
@@ -1287,7 +1323,7 @@ pub(crate) mod tests {
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(forms(&p), ["mail.example.com"]);
         assert_eq!(
-            p.lines,
+            p.lines.to_vec(),
             kv(&[
                 ("version", "STSv1"),
                 ("mode", "enforce"),
@@ -1325,7 +1361,10 @@ pub(crate) mod tests {
         assert_eq!(p.max_age, 100);
         // Ignored duplicates are still kept for the TLSRPT policy-string.
         assert_eq!(p.lines.len(), 9);
-        assert_eq!(p.lines[5], ("version".to_owned(), "STSv2".to_owned()));
+        assert_eq!(
+            p.lines.to_vec()[5],
+            ("version".to_owned(), "STSv2".to_owned())
+        );
         // ... but they must still be grammatical lines.
         assert!(matches!(
             err(&with_line("mode:")),
@@ -1407,7 +1446,10 @@ pub(crate) mod tests {
             ["b.example", "a.example", "b.example", "*.c.example"]
         );
         // `lines` keeps the file's spelling; only `mx` is normalized.
-        assert_eq!(p.lines[3], ("mx".to_owned(), "A.example".to_owned()));
+        assert_eq!(
+            p.lines.to_vec()[3],
+            ("mx".to_owned(), "A.example".to_owned())
+        );
     }
 
     #[test]
@@ -1461,7 +1503,7 @@ pub(crate) mod tests {
         let p = ok(&body);
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(
-            &p.lines[4..],
+            &p.lines.to_vec()[4..],
             kv(&[
                 ("foo.bar_baz-1", "some value with  spaces"),
                 ("note", "café ☕ 𝄞"),
@@ -1687,7 +1729,7 @@ pub(crate) mod tests {
                 .map(|(_, m)| m.to_ascii_lowercase())
                 .collect();
             prop_assert_eq!(forms(&p), lower);
-            prop_assert_eq!(&p.lines, &entries);
+            prop_assert_eq!(&p.lines.to_vec(), &entries);
             prop_assert_eq!(parse_policy(p.to_text().as_bytes()), Ok(p));
         }
 

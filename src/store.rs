@@ -371,13 +371,49 @@ impl Record {
 
 // ---- loading --------------------------------------------------------------------------------
 
-/// The live journal line of a domain, as the writer thread keeps it.
+/// The live record of a domain, as the writer thread keeps it. A policy is the same
+/// `Arc<PolicyEntry>` the cache holds, so the writer's copy costs a pointer, not a second copy of
+/// the journal line; lines are encoded again only when the journal is rewritten.
 struct Live {
     /// Write order: compaction keeps it, so reloads see domains in the order they were written.
     seq: u64,
     /// When the record stops mattering: compaction drops it from then on.
     expires: SystemTime,
-    line: String,
+    kept: Kept,
+}
+
+enum Kept {
+    Policy(Arc<PolicyEntry>),
+    Negative { reason: Box<str>, until: SystemTime },
+}
+
+impl Kept {
+    fn from_record(record: &Record) -> Option<Kept> {
+        match record {
+            Record::Policy { entry, .. } => Some(Kept::Policy(entry.clone())),
+            Record::Negative { reason, until, .. } => Some(Kept::Negative {
+                reason: reason.as_str().into(),
+                until: *until,
+            }),
+            Record::Remove { .. } => None,
+        }
+    }
+
+    /// The journal line of this record for `domain`, without its newline.
+    fn line(&self, domain: &str) -> Result<String, serde_json::Error> {
+        let record = match self {
+            Kept::Policy(entry) => Record::Policy {
+                domain: domain.to_owned(),
+                entry: entry.clone(),
+            },
+            Kept::Negative { reason, until } => Record::Negative {
+                domain: domain.to_owned(),
+                reason: reason.to_string(),
+                until: *until,
+            },
+        };
+        record.encode()
+    }
 }
 
 /// The result of reading a journal: what to hand out, and what the writer starts from.
@@ -465,7 +501,10 @@ fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
         let placeholder = Live {
             seq: slots.len() as u64,
             expires: UNIX_EPOCH,
-            line: String::new(),
+            kept: Kept::Negative {
+                reason: "".into(),
+                until: UNIX_EPOCH,
+            },
         };
         if let Some(old) = live.insert(record.domain().to_owned(), placeholder) {
             slots[old.seq as usize] = None;
@@ -482,12 +521,13 @@ fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
     };
     // In file order, so that `loaded` lists domains in the order they were last written.
     let next_seq = slots.len() as u64;
-    let mut kept: Vec<Option<(SystemTime, String)>> = Vec::with_capacity(slots.len());
+    let mut kept: Vec<Option<(SystemTime, Kept)>> = Vec::with_capacity(slots.len());
     for slot in slots {
-        let Some((record, line)) = slot else {
+        let Some((record, _line)) = slot else {
             kept.push(None);
             continue;
         };
+        let keep = Kept::from_record(&record);
         let expires = match record {
             Record::Policy { domain, entry } if entry.is_valid(now) => {
                 let expires = entry.expires;
@@ -508,18 +548,13 @@ fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
                 continue;
             }
         };
-        // decode() parsed the line as JSON, so it is UTF-8 and this never yields None.
-        kept.push(
-            std::str::from_utf8(line)
-                .ok()
-                .map(|l| (expires, l.to_owned())),
-        );
+        kept.push(keep.map(|k| (expires, k)));
     }
     live.retain(
         |_, l| match kept.get_mut(l.seq as usize).and_then(Option::take) {
-            Some((expires, line)) => {
+            Some((expires, k)) => {
                 l.expires = expires;
-                l.line = line;
+                l.kept = k;
                 true
             }
             None => false,
@@ -700,17 +735,18 @@ impl Writer {
         batch.acks.push(ack);
         self.seq += 1;
         let seq = self.seq;
-        match record {
-            Record::Policy { domain, entry } => {
-                let expires = entry.expires;
-                self.live.insert(domain, Live { seq, expires, line });
+        let expires = match &record {
+            Record::Policy { entry, .. } => entry.expires,
+            Record::Negative { until, .. } => *until,
+            Record::Remove { .. } => UNIX_EPOCH,
+        };
+        match (Kept::from_record(&record), record) {
+            (Some(kept), r) => {
+                let domain = r.domain().to_owned();
+                self.live.insert(domain, Live { seq, expires, kept });
             }
-            Record::Negative { domain, until, .. } => {
-                let expires = until;
-                self.live.insert(domain, Live { seq, expires, line });
-            }
-            Record::Remove { domain } => {
-                self.live.remove(&domain);
+            (None, r) => {
+                self.live.remove(r.domain());
             }
         }
     }
@@ -767,8 +803,20 @@ impl Writer {
     /// old journal stays as it was, so a failure or crash midway loses nothing.
     fn compact(&mut self, now: SystemTime) -> Result<(), StoreError> {
         self.live.retain(|_, l| l.expires > now);
-        let mut lines: Vec<&Live> = self.live.values().collect();
-        lines.sort_unstable_by_key(|l| l.seq);
+        let mut order: Vec<(&String, &Live)> = self.live.iter().collect();
+        order.sort_unstable_by_key(|(_, l)| l.seq);
+        let mut lines = Vec::with_capacity(order.len());
+        for (domain, l) in order {
+            match l.kept.line(domain) {
+                Ok(line) => lines.push(line),
+                Err(e) => {
+                    return Err(StoreError::other(
+                        &self.dir,
+                        format!("cannot encode a record: {e}"),
+                    ));
+                }
+            }
+        }
         let written = (|| -> io::Result<(File, u64)> {
             let file = OpenOptions::new()
                 .write(true)
@@ -780,10 +828,10 @@ impl Writer {
             let mut size = HEADER.len() as u64 + 1;
             out.write_all(HEADER.as_bytes())?;
             out.write_all(b"\n")?;
-            for l in &lines {
-                out.write_all(l.line.as_bytes())?;
+            for line in &lines {
+                out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")?;
-                size += l.line.len() as u64 + 1;
+                size += line.len() as u64 + 1;
             }
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;

@@ -200,15 +200,28 @@ impl World {
             state: dns.clone(),
         };
 
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("World: cannot bind the DNS UDP socket on 127.0.0.1:0");
-        let dns_addr = udp
-            .local_addr()
-            .expect("World: DNS UDP socket has no local address");
-        let tcp = TcpListener::bind(dns_addr).await.unwrap_or_else(|e| {
-            panic!("World: cannot bind DNS TCP on {dns_addr} (same port as UDP): {e}")
-        });
+        // UDP and TCP must share one port, but the kernel picks the UDP port without regard to
+        // TCP sockets that other tests (running in parallel) hold: retry on a clash.
+        let mut attempt = 0;
+        let (udp, tcp, dns_addr) = loop {
+            attempt += 1;
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .expect("World: cannot bind the DNS UDP socket on 127.0.0.1:0");
+            let dns_addr = udp
+                .local_addr()
+                .expect("World: DNS UDP socket has no local address");
+            match TcpListener::bind(dns_addr).await {
+                Ok(tcp) => break (udp, tcp, dns_addr),
+                Err(e) if attempt < 50 => {
+                    let _ = e;
+                    continue;
+                }
+                Err(e) => {
+                    panic!("World: cannot bind DNS TCP on {dns_addr} (same port as UDP): {e}")
+                }
+            }
+        };
         let mut dns_server = Server::new(handler);
         dns_server.register_socket(udp);
         dns_server.register_listener(tcp, Duration::from_secs(30), 65535);
