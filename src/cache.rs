@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::warn;
 
+use crate::metrics::Metrics;
 use crate::policy::{Mode, Policy};
 
 /// A policy as fetched: immutable once made, shared by `Arc` with every lookup that answers it.
@@ -115,6 +116,16 @@ pub enum Hit {
     Miss,
 }
 
+/// Entries by kind, as [`Cache::counts`] reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub enforce: u64,
+    pub testing: u64,
+    pub none: u64,
+    pub negative: u64,
+    pub expiring_within_day: u64,
+}
+
 /// A cached policy with its refresh state, for the refresh scheduler.
 #[derive(Debug, Clone)]
 pub struct PolicyState {
@@ -136,6 +147,7 @@ pub struct Cache {
     /// `cache.max_entries`.
     capacity: usize,
     evicted_policies: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Cache {
@@ -144,7 +156,14 @@ impl Cache {
             slots: RwLock::new(HashMap::new()),
             capacity: capacity.get(),
             evicted_policies: AtomicU64::new(0),
+            metrics: None,
         }
+    }
+
+    /// Counts evictions of unexpired policies in `metrics` too.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Cache {
+        self.metrics = Some(metrics);
+        self
     }
 
     // A panic while holding the lock cannot leave a slot half-written (every mutation is a
@@ -300,6 +319,31 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Entries by kind at `now`, for metrics and status: expired entries are not counted.
+    pub fn counts(&self, now: SystemTime) -> Counts {
+        let day = now + Duration::from_secs(86_400);
+        let mut c = Counts::default();
+        for slot in self.read().values() {
+            if slot.expired(now) {
+                continue;
+            }
+            match slot {
+                Slot::Policy { entry, .. } => {
+                    match entry.policy.mode {
+                        Mode::Enforce => c.enforce += 1,
+                        Mode::Testing => c.testing += 1,
+                        Mode::None => c.none += 1,
+                    }
+                    if entry.expires <= day {
+                        c.expiring_within_day += 1;
+                    }
+                }
+                Slot::Negative { .. } => c.negative += 1,
+            }
+        }
+        c
+    }
+
     /// Unexpired policies evicted because the cache was full.
     pub fn evicted_policies(&self) -> u64 {
         self.evicted_policies.load(Ordering::Relaxed)
@@ -333,6 +377,9 @@ impl Cache {
             && entry.is_valid(now)
         {
             self.evicted_policies.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.metrics {
+                m.eviction();
+            }
             if entry.policy.mode == Mode::Enforce {
                 // Trust on first use (RFC 8461 §10.2) is lost for this domain until it is seen again.
                 warn!(

@@ -144,6 +144,8 @@ pub struct Config {
     pub maps: BTreeMap<String, MapProfile>,
     pub cache: CacheConfig,
     pub refresh: RefreshConfig,
+    /// Prometheus `/metrics` listener, off when None.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub limits: Limits,
 }
 
@@ -237,7 +239,14 @@ struct RawConfig {
     maps: BTreeMap<String, RawMap>,
     cache: RawCache,
     refresh: RawRefresh,
+    metrics: RawMetrics,
     limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +575,20 @@ impl RawConfig {
             return Err(err("refresh.concurrency", "must be 1..1024".to_string()));
         }
 
+        let metrics_listen = match self.metrics.listen.as_deref() {
+            None | Some("") => None,
+            Some(s) => match ListenAddr::parse(s) {
+                Ok(ListenAddr::Tcp(a)) => Some(a),
+                Ok(ListenAddr::Unix(_)) => {
+                    return Err(err(
+                        "metrics.listen",
+                        format!("{s:?}: the metrics listener is TCP only (inet:IP:PORT)"),
+                    ));
+                }
+                Err(m) => return Err(err("metrics.listen", m)),
+            },
+        };
+
         if self.limits.max_connections == 0 || self.limits.max_connections > 1_000_000 {
             return Err(err(
                 "limits.max_connections",
@@ -598,6 +621,7 @@ impl RawConfig {
             maps,
             cache,
             refresh,
+            metrics_listen,
             limits,
         })
     }
@@ -712,6 +736,11 @@ mod tests {
             ("[cache]\ndir = \"relative\"\n", "cache.dir"),
             ("[cache]\nnegative_ttl = \"0s\"\n", "cache.negative_ttl"),
             ("[refresh]\nconcurrency = 0\n", "refresh.concurrency"),
+            (
+                "[metrics]\nlisten = \"unix:/run/m.sock\"\n",
+                "metrics.listen",
+            ),
+            ("[metrics]\nlisten = \"9461\"\n", "metrics.listen"),
             (
                 "[maps.x]\non_lookup_error = \"defer\"\n",
                 "maps.x.on_lookup_error",

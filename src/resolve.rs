@@ -20,6 +20,7 @@ use crate::cache::{Cache, Hit, PolicyEntry};
 use crate::clock::Clock;
 use crate::discovery::{self, Known, Outcome};
 use crate::key::{self, Skip};
+use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::source::PolicySource;
 use crate::store::{Record, Store};
@@ -87,6 +88,7 @@ pub struct Resolver {
     jitter_seed: std::collections::hash_map::RandomState,
     /// Where new policies and negatives are made durable before they are first answered.
     store: Option<Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl Resolver {
@@ -106,7 +108,18 @@ impl Resolver {
             wake: Notify::new(),
             jitter_seed: std::collections::hash_map::RandomState::new(),
             store: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts discoveries, cache hits, refreshes, downgrades and store errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Resolver {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Persists every new or changed policy and every "no policy" entry to `store`.
@@ -121,6 +134,7 @@ impl Resolver {
         if let Some(store) = &self.store
             && let Err(e) = store.write(record).await
         {
+            self.metrics.store_write_error();
             error!(error = %e, "cannot persist the policy cache; serving from memory");
         }
     }
@@ -143,7 +157,9 @@ impl Resolver {
                 return Lookup::Skipped(skip);
             }
         };
-        let resolution = match self.cache.get(&domain, self.clock.now()) {
+        let hit = self.cache.get(&domain, self.clock.now());
+        self.metrics.cache(!matches!(hit, Hit::Miss));
+        let resolution = match hit {
             Hit::Policy(entry) => Resolution::Policy(entry),
             Hit::Negative { failure: false, .. } => Resolution::NoPolicy,
             Hit::Negative {
@@ -177,10 +193,17 @@ impl Resolver {
     /// the refresh task. Each step is bounded by the source's own timeouts.
     pub async fn refresh(self: &Arc<Self>, domain: &str) -> Resolution {
         let mut rx = self.join_or_start(domain);
-        match rx.wait_for(Option::is_some).await {
+        let r = match rx.wait_for(Option::is_some).await {
             Ok(r) => r.clone().unwrap_or(Resolution::NoPolicy),
             Err(_) => Resolution::Failed("discovery task ended without a result".into()),
-        }
+        };
+        let failed = self
+            .cache
+            .policy_state(domain)
+            .is_some_and(|s| s.failures > 0);
+        self.metrics
+            .refresh(!failed && !matches!(r, Resolution::Failed(_)));
+        r
     }
 
     fn join_or_start(self: &Arc<Self>, domain: &str) -> watch::Receiver<Option<Resolution>> {
@@ -316,6 +339,7 @@ impl Resolver {
             Some(e) => Known::Valid(&e.id),
         };
         let d = discovery::discover(&*self.source, domain, known).await;
+        self.metrics.discovery(discovery_outcome(&d.outcome));
         let now = self.clock.now();
         let elapsed_ms = d.elapsed.as_millis() as u64;
         let failure = match d.outcome {
@@ -344,6 +368,12 @@ impl Resolver {
                 let next = self.next_check(&entry, now);
                 let old = self.cache.insert_policy(domain, entry.clone(), next, now);
                 self.schedule_at(domain, next);
+                if old
+                    .as_deref()
+                    .is_some_and(|o| is_weaker(&o.policy, &entry.policy))
+                {
+                    self.metrics.downgrade();
+                }
                 log_change(domain, old.as_deref(), &entry, elapsed_ms);
                 return Resolution::Policy(entry);
             }
@@ -442,6 +472,29 @@ impl Resolver {
             debug!(domain, failures, reason = failure, "refresh failed again");
         }
         Resolution::Policy(e)
+    }
+}
+
+/// The metrics class of a discovery's outcome.
+fn discovery_outcome(o: &Outcome) -> metrics::Outcome {
+    use crate::policy::TxtError;
+    use crate::source::NoPolicy;
+    match o {
+        Outcome::Fetched { .. } => metrics::Outcome::Policy,
+        Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
+        Outcome::NoPolicy(NoPolicy::NxDomain) => metrics::Outcome::NxDomain,
+        Outcome::NoPolicy(NoPolicy::NoData) => metrics::Outcome::NoData,
+        Outcome::NoPolicy(NoPolicy::Txt(TxtError::MultipleStsRecords(_))) => {
+            metrics::Outcome::MultipleRecords
+        }
+        Outcome::NoPolicy(NoPolicy::Txt(_)) => metrics::Outcome::BadRecord,
+        Outcome::DnsTemp(reason) if reason.contains("timeout") || reason.contains("timed out") => {
+            metrics::Outcome::DnsTimeout
+        }
+        Outcome::DnsTemp(_) => metrics::Outcome::DnsError,
+        Outcome::FetchFailed { failure, .. } => {
+            metrics::Outcome::from_label(failure.class()).unwrap_or(metrics::Outcome::Http)
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,6 +21,7 @@ use tracing::{debug, error, warn};
 
 use crate::answer::{self, Rendered};
 use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
+use crate::metrics::{self, Metrics};
 use crate::proto::{Reply, socketmap, tcp_table};
 use crate::resolve::{Lookup, Resolution, Resolver};
 
@@ -101,6 +103,33 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub config: Arc<Config>,
     pub connections: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+    /// Postfix connections open now. Counted apart from the semaphore, whose permits are also
+    /// held by listeners waiting in accept.
+    pub open: AtomicU64,
+}
+
+impl Shared {
+    /// Postfix connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open connection for as long as it lives.
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl<'a> OpenGuard<'a> {
+    fn new(n: &'a AtomicU64) -> OpenGuard<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(n)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Accepts connections until `shutdown` turns true. Holding a permit before accepting makes the
@@ -150,6 +179,7 @@ pub async fn run_listener(
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _open = OpenGuard::new(&shared.open);
                     match stream {
                         Stream::Tcp(s) => {
                             let _ = s.set_nodelay(true);
@@ -381,9 +411,23 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
     };
     let lookup = shared.resolver.lookup(&key).await;
     let reply = reply_for(&lookup, profile, fits);
+    let (mp, answer) = (
+        match protocol {
+            Protocol::Socketmap => metrics::Protocol::Socketmap,
+            Protocol::TcpTable => metrics::Protocol::TcpTable,
+        },
+        match &reply {
+            Reply::Found(_) => metrics::Answer::Found,
+            Reply::NotFound => metrics::Answer::NotFound,
+            Reply::Temp(_) => metrics::Answer::Temp,
+            Reply::Perm(_) => metrics::Answer::Perm,
+        },
+    );
+    let map_name = map.as_deref().unwrap_or(&shared.config.tcp_table_map);
+    shared.metrics.lookup(mp, map_name, answer, start.elapsed());
     debug!(
         protocol = protocol.name(),
-        map = map.as_deref().unwrap_or(&shared.config.tcp_table_map),
+        map = map_name,
         key = %String::from_utf8_lossy(&key),
         answer = reply_kind(&reply),
         elapsed_us = start.elapsed().as_micros() as u64,

@@ -489,3 +489,35 @@ async fn cached_policy_is_answered_without_network_work() {
         secure("mx.good.test")
     );
 }
+
+#[tokio::test]
+async fn on_lookup_error_temp_defers_failures_but_not_domains_without_policy() {
+    let w = World::start().await;
+    w.set_sts("broken.test", "1").await;
+    w.set_http("broken.test", Http::status(500, None)).await;
+    w.servfail("_mta-sts.dnsfail.test");
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    let d = TestDaemon::start_with(&w, "[maps.failclosed]\non_lookup_error = \"temp\"\n").await;
+    let mut c = d.socketmap().await;
+    let temp = "TEMP MTA-STS lookup failed: ";
+    let got = c.query("failclosed", b"broken.test").await;
+    assert!(
+        got.starts_with(temp) && got.contains("HTTP status 500"),
+        "{got}"
+    );
+    // During the five-minute back-off the failure is remembered, and still deferred.
+    let got = c.query("failclosed", b"broken.test").await;
+    assert!(got.starts_with(temp), "{got}");
+    assert_eq!(w.fetches("broken.test"), 1);
+    let got = c.query("failclosed", b"dnsfail.test").await;
+    assert!(got.starts_with(temp), "{got}");
+    // No TXT record is not a failure: Postfix's own TLS level applies.
+    assert_eq!(c.query("failclosed", b"nothing.test").await, NOTFOUND);
+    assert_eq!(
+        c.query("failclosed", b"good.test").await,
+        secure("mx.good.test")
+    );
+    // The default map answers the same failures with NOTFOUND (RFC 8461 §3.3).
+    assert_eq!(c.query("postfix", b"broken.test").await, NOTFOUND);
+}
