@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -22,5 +23,6 @@ pub mod proto;
 pub mod refresh;
 pub mod resolve;
 pub mod server;
+pub mod service;
 pub mod source;
 pub mod store;
