@@ -51,6 +51,8 @@ enum Slot {
         next_check: SystemTime,
         /// Refresh failures in a row (for back-off and rate-limited warnings).
         failures: u32,
+        /// The last refresh failure and when it happened, for operators.
+        last_error: Option<(SystemTime, Arc<str>)>,
         usage: Usage,
     },
     Negative {
@@ -81,6 +83,35 @@ impl Usage {
     fn touch(&self, now: SystemTime) {
         self.last_used_ms.store(millis(now), Ordering::Relaxed);
         self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn view(slot: &Slot) -> EntryView {
+    match slot {
+        Slot::Policy {
+            entry,
+            next_check,
+            failures,
+            last_error,
+            usage,
+        } => EntryView::Policy(PolicyState {
+            entry: entry.clone(),
+            next_check: *next_check,
+            failures: *failures,
+            last_error: last_error.clone(),
+            hits: usage.hits.load(Ordering::Relaxed),
+        }),
+        Slot::Negative {
+            reason,
+            until,
+            failure,
+            usage,
+        } => EntryView::Negative {
+            reason: reason.clone(),
+            until: *until,
+            failure: *failure,
+            hits: usage.hits.load(Ordering::Relaxed),
+        },
     }
 }
 
@@ -132,7 +163,20 @@ pub struct PolicyState {
     pub entry: Arc<PolicyEntry>,
     pub next_check: SystemTime,
     pub failures: u32,
+    pub last_error: Option<(SystemTime, Arc<str>)>,
     pub hits: u64,
+}
+
+/// One cache entry as operators see it.
+#[derive(Debug, Clone)]
+pub enum EntryView {
+    Policy(PolicyState),
+    Negative {
+        reason: Arc<str>,
+        until: SystemTime,
+        failure: bool,
+        hits: u64,
+    },
 }
 
 /// How many entries a full insert looks at to choose a victim (expired first, then negative,
@@ -209,19 +253,25 @@ impl Cache {
     /// The cached policy (valid or not) and its refresh state, without counting a hit.
     pub fn policy_state(&self, domain: &str) -> Option<PolicyState> {
         match self.read().get(domain) {
-            Some(Slot::Policy {
-                entry,
-                next_check,
-                failures,
-                usage,
-            }) => Some(PolicyState {
-                entry: entry.clone(),
-                next_check: *next_check,
-                failures: *failures,
-                hits: usage.hits.load(Ordering::Relaxed),
-            }),
+            Some(slot @ Slot::Policy { .. }) => match view(slot) {
+                EntryView::Policy(p) => Some(p),
+                EntryView::Negative { .. } => None,
+            },
             _ => None,
         }
+    }
+
+    /// One entry, expired or not, without counting a hit.
+    pub fn view(&self, domain: &str) -> Option<EntryView> {
+        self.read().get(domain).map(view)
+    }
+
+    /// Every entry (a snapshot: `Arc` clones under the read lock).
+    pub fn views(&self) -> Vec<(String, EntryView)> {
+        self.read()
+            .iter()
+            .map(|(d, s)| (d.to_string(), view(s)))
+            .collect()
     }
 
     /// Stores a policy; returns the policy it replaced, if that one was still valid. The hit
@@ -246,6 +296,7 @@ impl Cache {
                 entry,
                 next_check,
                 failures: 0,
+                last_error: None,
                 usage,
             },
         );
@@ -285,21 +336,30 @@ impl Cache {
         true
     }
 
-    /// Records a refresh of a cached policy: the next check time, and whether it failed. Returns
-    /// the failures in a row after this one (0 on success).
-    pub fn record_check(&self, domain: &str, next: SystemTime, failed: bool) -> u32 {
+    /// Records a refresh of a cached policy: the next check time, and the error if it failed.
+    /// Returns the failures in a row after this one (0 on success).
+    pub fn record_check(
+        &self,
+        domain: &str,
+        next: SystemTime,
+        now: SystemTime,
+        error: Option<&str>,
+    ) -> u32 {
         match self.write().get_mut(domain) {
             Some(Slot::Policy {
                 next_check,
                 failures,
+                last_error,
                 ..
             }) => {
                 *next_check = next;
-                *failures = if failed {
-                    failures.saturating_add(1)
-                } else {
-                    0
-                };
+                match error {
+                    Some(e) => {
+                        *failures = failures.saturating_add(1);
+                        *last_error = Some((now, e.into()));
+                    }
+                    None => *failures = 0,
+                }
                 *failures
             }
             _ => 0,
@@ -507,10 +567,19 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let c = cache();
         c.insert_policy("d.test", entry("a", 100, t0), t0, t0);
-        assert_eq!(c.record_check("d.test", t0, true), 1);
-        assert_eq!(c.record_check("d.test", t0, true), 2);
+        assert_eq!(c.record_check("d.test", t0, t0, Some("x")), 1);
+        assert_eq!(c.record_check("d.test", t0, t0, Some("y")), 2);
         assert_eq!(
-            c.record_check("d.test", t0 + Duration::from_secs(5), false),
+            c.policy_state("d.test")
+                .unwrap()
+                .last_error
+                .unwrap()
+                .1
+                .as_ref(),
+            "y"
+        );
+        assert_eq!(
+            c.record_check("d.test", t0 + Duration::from_secs(5), t0, None),
             0
         );
         assert_eq!(

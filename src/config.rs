@@ -99,6 +99,64 @@ pub struct HttpsConfig {
     pub ca_files: Vec<PathBuf>,
     /// RFC 8461 §3.2 fetches from port 443; another port exists for test worlds and labs only.
     pub port: u16,
+    /// HTTP proxy for policy fetches (CONNECT tunnel; TLS stays end to end with the policy host).
+    pub proxy: Option<Proxy>,
+    /// Policy domains fetched directly even when a proxy is set: a name equal to an entry or
+    /// ending in `.entry` (a leading dot in an entry is ignored); `*` matches everything.
+    pub no_proxy: Vec<String>,
+}
+
+/// An HTTP proxy: `http://host:port`, no credentials in the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Proxy {
+    pub fn parse(s: &str) -> Result<Proxy, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{s:?}: expected http://HOST:PORT"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('@') || rest.contains('/') {
+            return Err(format!(
+                "{s:?}: expected http://HOST:PORT without credentials or path"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+            ),
+            _ => (rest, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(format!("{s:?}: expected http://HOST:PORT"));
+        }
+        Ok(Proxy {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "debug", "mta_sts_policyd=debug,info" ... `RUST_LOG` overrides it.
+    pub level: String,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The operator socket; None when disabled (`socket = ""`).
+    pub socket: Option<PathBuf>,
+    /// Members of this group may use the control socket besides root and the daemon's user.
+    pub group: Option<String>,
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +204,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// Prometheus `/metrics` listener, off when None.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub log: LogConfig,
+    pub control: ControlConfig,
     pub limits: Limits,
 }
 
@@ -240,7 +300,43 @@ struct RawConfig {
     cache: RawCache,
     refresh: RawRefresh,
     metrics: RawMetrics,
+    log: RawLog,
+    control: RawControl,
     limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".to_string(),
+            format: "text".to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControl {
+    socket: Option<String>,
+    group: String,
+    mode: String,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            socket: None,
+            group: String::new(),
+            mode: "0660".to_string(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -339,6 +435,8 @@ struct RawHttps {
     timeout: String,
     ca_files: Vec<PathBuf>,
     port: u16,
+    proxy: String,
+    no_proxy: Vec<String>,
 }
 
 impl Default for RawHttps {
@@ -347,6 +445,8 @@ impl Default for RawHttps {
             timeout: "10s".to_string(),
             ca_files: Vec::new(),
             port: 443,
+            proxy: String::new(),
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -487,6 +587,32 @@ impl RawConfig {
         if self.https.port == 0 {
             return Err(err("https.port", "must be 1..65535".to_string()));
         }
+        // A3.10: the environment's proxy variables apply only when the operator asks for them.
+        let env = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+        };
+        let (proxy_text, mut no_proxy) = match self.https.proxy.as_str() {
+            "" => (None, self.https.no_proxy.clone()),
+            "env" => {
+                let mut np = self.https.no_proxy.clone();
+                if let Some(v) = env(&["NO_PROXY", "no_proxy"]) {
+                    np.extend(v.split(',').map(|s| s.trim().to_string()));
+                }
+                (env(&["HTTPS_PROXY", "https_proxy"]), np)
+            }
+            other => (Some(other.to_string()), self.https.no_proxy.clone()),
+        };
+        let proxy = match proxy_text {
+            None => None,
+            Some(p) => Some(Proxy::parse(&p).map_err(|m| err("https.proxy", m))?),
+        };
+        no_proxy.retain(|s| !s.is_empty());
+        let no_proxy: Vec<String> = no_proxy
+            .into_iter()
+            .map(|s| s.trim_start_matches('.').to_ascii_lowercase())
+            .collect();
         let https = HttpsConfig {
             timeout: duration(
                 "https.timeout",
@@ -496,6 +622,8 @@ impl RawConfig {
             )?,
             ca_files,
             port: self.https.port,
+            proxy,
+            no_proxy,
         };
 
         let mut maps: BTreeMap<String, MapProfile> = BTreeMap::new();
@@ -589,6 +717,41 @@ impl RawConfig {
             },
         };
 
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(err(
+                "log.level",
+                format!("{:?}: not a log filter: {e}", self.log.level),
+            ));
+        }
+        let log = LogConfig {
+            level: self.log.level,
+            json: match self.log.format.as_str() {
+                "text" => false,
+                "json" => true,
+                other => {
+                    return Err(err(
+                        "log.format",
+                        format!("{other:?}: expected \"text\" or \"json\""),
+                    ));
+                }
+            },
+        };
+        let control = ControlConfig {
+            socket: match self.control.socket.as_deref() {
+                Some("") => None,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(err(
+                        "control.socket",
+                        format!("{p:?}: must be an absolute path, or \"\" to disable"),
+                    ));
+                }
+                Some(p) => Some(PathBuf::from(p)),
+                None => Some(default_runtime_dir().join("control.sock")),
+            },
+            group: Some(self.control.group).filter(|g| !g.is_empty()),
+            mode: mode("control.mode", &self.control.mode)?,
+        };
+
         if self.limits.max_connections == 0 || self.limits.max_connections > 1_000_000 {
             return Err(err(
                 "limits.max_connections",
@@ -622,6 +785,8 @@ impl RawConfig {
             cache,
             refresh,
             metrics_listen,
+            log,
+            control,
             limits,
         })
     }
@@ -650,6 +815,27 @@ fn default_state_dir() -> PathBuf {
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(h) => PathBuf::from(h).join(".local/state/mta-sts-policyd"),
         None => PathBuf::from("/var/lib/mta-sts-policyd"),
+    }
+}
+
+/// `$RUNTIME_DIRECTORY` when systemd sets it (RuntimeDirectory=); `/run/mta-sts-policyd` for
+/// root; else `$XDG_RUNTIME_DIR/mta-sts-policyd`; else the state directory's default.
+fn default_runtime_dir() -> PathBuf {
+    if let Some(dirs) = std::env::var_os("RUNTIME_DIRECTORY")
+        && let Some(first) = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .filter(|s| !s.is_empty())
+    {
+        return PathBuf::from(first);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/mta-sts-policyd");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        Some(x) => PathBuf::from(x).join("mta-sts-policyd"),
+        None => default_state_dir(),
     }
 }
 
@@ -741,6 +927,12 @@ mod tests {
                 "metrics.listen",
             ),
             ("[metrics]\nlisten = \"9461\"\n", "metrics.listen"),
+            ("[https]\nproxy = \"socks5://x:1\"\n", "https.proxy"),
+            ("[https]\nproxy = \"http://u:p@x:1\"\n", "https.proxy"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[log]\nlevel = \"=,=\"\n", "log.level"),
+            ("[control]\nsocket = \"rel.sock\"\n", "control.socket"),
+            ("[control]\nmode = \"x\"\n", "control.mode"),
             (
                 "[maps.x]\non_lookup_error = \"defer\"\n",
                 "maps.x.on_lookup_error",
@@ -801,5 +993,32 @@ servername = false
         let c = Config::load(Path::new("/nonexistent/mta-sts-policyd.toml")).unwrap();
         assert_eq!(c.path, None);
         assert_eq!(c.https.port, 443);
+    }
+
+    #[test]
+    fn proxy_urls() {
+        assert_eq!(
+            Proxy::parse("http://proxy.example:3128").unwrap(),
+            Proxy {
+                host: "proxy.example".into(),
+                port: 3128
+            }
+        );
+        assert_eq!(
+            Proxy::parse("http://[::1]:8080/").unwrap(),
+            Proxy {
+                host: "::1".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(Proxy::parse("http://proxy").unwrap().port, 80);
+        assert!(Proxy::parse("https://proxy:1").is_err());
+        let c = Config::parse(
+            "[https]\nproxy = \"http://127.0.0.1:3128\"\nno_proxy = [\".internal.example\", \"\"]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.https.proxy.unwrap().port, 3128);
+        assert_eq!(c.https.no_proxy, vec!["internal.example".to_string()]);
     }
 }

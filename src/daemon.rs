@@ -1,34 +1,74 @@
-//! Starting and stopping the serving part of the daemon: build the resolver, bind every listener,
-//! run them until told to stop. Used by `serve` and by the integration tests, which start the real
-//! daemon in-process on port 0.
+//! Starting, reloading and stopping the serving part of the daemon: load the policy journal,
+//! build the resolver, bind (or adopt, under socket activation) every listener, run the refresh,
+//! metrics and control tasks. Used by `serve` and by the integration tests, which start the real
+//! daemon in-process on port 0. Holds no protocol or policy logic.
 
+use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, ListenAddr};
+use crate::control::{self, Control, ReloadRequest};
 use crate::metrics::{self, Metrics};
 use crate::refresh;
 use crate::resolve::{Resolver, Settings};
 use crate::server::{self, Listener, Protocol, Shared};
+use crate::service::Activated;
 use crate::source::PolicySource;
 use crate::store::Store;
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What `start` needs besides the config: how to reach the network, the clock, sockets systemd
+/// passed, and where control-socket reload requests go.
+pub struct Options {
+    pub source: Arc<dyn PolicySource>,
+    pub clock: Arc<dyn Clock>,
+    pub activated: Option<Activated>,
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
+}
+
+impl Options {
+    pub fn new(source: Arc<dyn PolicySource>, clock: Arc<dyn Clock>) -> Options {
+        Options {
+            source,
+            clock,
+            activated: None,
+            reload: None,
+        }
+    }
+}
+
+/// A running Postfix listener, stoppable on its own (reload).
+struct Running {
+    protocol: Protocol,
+    /// The configured address, or None for a socket systemd passed.
+    configured: Option<ListenAddr>,
+    bound: ListenAddr,
+    stop: watch::Sender<bool>,
+}
 
 pub struct Daemon {
     resolver: Arc<Resolver>,
     store: Store,
     shared: Arc<Shared>,
     metrics_addr: Option<std::net::SocketAddr>,
-    bound: Vec<(Protocol, ListenAddr)>,
+    control_path: Option<PathBuf>,
+    running: Vec<Running>,
+    /// Protocols whose sockets came from systemd: their configured listeners are not used.
+    inherited: BTreeSet<&'static str>,
+    listeners_view: Arc<RwLock<Vec<String>>>,
+    /// Ends connections, refresh, metrics and the control socket.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -46,18 +86,15 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Daemon {
-    /// Binds every configured listener and starts serving. Fails without serving anything if any
-    /// listener cannot be bound: a partly started daemon would hide a misconfiguration.
-    pub async fn start(
-        config: Arc<Config>,
-        source: Arc<dyn PolicySource>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Daemon, StartError> {
+    /// Loads the journal, then binds every listener and starts serving. Fails without serving
+    /// anything if any listener cannot be bound: a partly started daemon would hide a
+    /// misconfiguration.
+    pub async fn start(config: Arc<Config>, opts: Options) -> Result<Daemon, StartError> {
         // The cache is loaded before any listener exists, so the first lookup already sees every
         // policy that was ever answered (warm restart).
         let started = tokio::time::Instant::now();
         let dir = config.cache.dir.clone();
-        let now = clock.now();
+        let now = opts.clock.now();
         let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
             .await
             .map_err(|e| StartError(format!("policy cache: loader failed: {e}")))?
@@ -67,13 +104,9 @@ impl Daemon {
         let metrics = Arc::new(Metrics::with_maps(&map_names));
         let resolver = Resolver::new(
             Cache::new(capacity).with_metrics(metrics.clone()),
-            source,
-            clock,
-            Settings {
-                deadline: config.lookup_deadline(),
-                negative_ttl: config.cache.negative_ttl,
-                refresh_interval: config.refresh.interval,
-            },
+            opts.source,
+            opts.clock,
+            settings(&config),
         )
         .with_store(store.clone())
         .with_metrics(metrics.clone());
@@ -94,11 +127,33 @@ impl Daemon {
             "policy cache loaded"
         );
         let resolver = Arc::new(resolver);
-        let mut listeners = Vec::new();
+
+        // Sockets passed by systemd replace the configured listeners of their protocol (F2.4).
+        let mut activated = opts.activated.unwrap_or_default();
+        let mut inherited = BTreeSet::new();
+        let mut listeners: Vec<(Protocol, Option<ListenAddr>, Listener)> = Vec::new();
+        for (protocol, list) in [
+            (
+                Protocol::Socketmap,
+                std::mem::take(&mut activated.socketmap),
+            ),
+            (Protocol::TcpTable, std::mem::take(&mut activated.tcp_table)),
+        ] {
+            for l in list {
+                inherited.insert(protocol.name());
+                let l = Listener::inherited(l).map_err(|e| {
+                    StartError(format!("socket activation ({}): {e}", protocol.name()))
+                })?;
+                listeners.push((protocol, None, l));
+            }
+        }
         for (protocol, l) in [
             (Protocol::Socketmap, &config.socketmap),
             (Protocol::TcpTable, &config.tcp_table),
         ] {
+            if inherited.contains(protocol.name()) {
+                continue;
+            }
             for addr in &l.listen {
                 let listener = Listener::bind(addr, l.unix_mode).await.map_err(|e| {
                     StartError(format!(
@@ -106,7 +161,7 @@ impl Daemon {
                         protocol.name()
                     ))
                 })?;
-                listeners.push((protocol, listener));
+                listeners.push((protocol, Some(addr.clone()), listener));
             }
         }
         let metrics_listener =
@@ -116,63 +171,262 @@ impl Daemon {
                 })?),
                 None => None,
             };
+        let control_group = match &config.control.group {
+            Some(name) => Some((name.clone(), control::group_id(name).map_err(StartError)?)),
+            None => None,
+        };
+        let (control_listener, control_path) = match activated.control.pop() {
+            Some(l) => match Listener::inherited(l) {
+                Ok(Listener::Unix(u, _)) => (Some(u), None),
+                Ok(Listener::Tcp(_)) => {
+                    return Err(StartError(
+                        "socket activation: the control socket must be a unix socket".into(),
+                    ));
+                }
+                Err(e) => return Err(StartError(format!("socket activation (control): {e}"))),
+            },
+            None => match &config.control.socket {
+                Some(path) => {
+                    let l = control::bind(
+                        path,
+                        config.control.mode,
+                        control_group.as_ref().map(|g| g.1),
+                    )
+                    .await
+                    .map_err(|e| {
+                        StartError(format!(
+                            "cannot listen on unix:{} (control): {e}",
+                            path.display()
+                        ))
+                    })?;
+                    (Some(l), Some(path.clone()))
+                }
+                None => (None, None),
+            },
+        };
+
         let shared = Arc::new(Shared {
             resolver: resolver.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             metrics: metrics.clone(),
-            open: std::sync::atomic::AtomicU64::new(0),
-            config,
+            open: AtomicU64::new(0),
+            config: RwLock::new(config.clone()),
         });
         let (tx, rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut bound = Vec::new();
-        let mut bound_metrics = None;
-        for (protocol, listener) in listeners {
-            let addr = listener
-                .local_addr()
-                .map_err(|e| StartError(format!("listener address: {e}")))?;
-            // Logged here, before start() returns, so "listening" always precedes "ready".
-            info!(protocol = protocol.name(), listen = %addr, "listening");
-            bound.push((protocol, addr));
-            tasks.spawn(server::run_listener(
-                listener,
-                protocol,
-                shared.clone(),
-                rx.clone(),
-            ));
+        let mut daemon = Daemon {
+            resolver: resolver.clone(),
+            store: store.clone(),
+            shared: shared.clone(),
+            metrics_addr: None,
+            control_path: control_path.clone(),
+            running: Vec::new(),
+            inherited,
+            listeners_view: Arc::new(RwLock::new(Vec::new())),
+            shutdown: tx,
+            tasks: JoinSet::new(),
+        };
+        for (protocol, configured, listener) in listeners {
+            daemon.spawn_listener(protocol, configured, listener)?;
         }
+        daemon.update_view();
         if let Some(listener) = metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 info!(listen = %format!("inet:{addr}"), "metrics listening");
-                bound_metrics = Some(addr);
+                daemon.metrics_addr = Some(addr);
             }
-            let gauges_shared = shared.clone();
-            let gauges: Arc<metrics::GaugeFn> = Arc::new(move || gauges(&gauges_shared));
-            tasks.spawn(metrics::serve(
+            let s = shared.clone();
+            let gauges: Arc<metrics::GaugeFn> = Arc::new(move || s.gauges());
+            daemon.tasks.spawn(metrics::serve(
                 listener,
                 metrics.clone(),
                 gauges,
                 rx.clone(),
             ));
         }
-        tasks.spawn(refresh::run(
-            resolver.clone(),
-            shared.config.refresh.concurrency,
+        if let Some(listener) = control_listener {
+            let ctl = Arc::new(Control {
+                shared: shared.clone(),
+                started: SystemTime::now(),
+                listeners: daemon.listeners_view.clone(),
+                reload: opts.reload,
+                store,
+                group: control_group,
+            });
+            if let Some(p) = &control_path {
+                info!(socket = %p.display(), "control socket listening");
+            }
+            daemon
+                .tasks
+                .spawn(control::serve(listener, ctl, control_path, rx.clone()));
+        }
+        daemon.tasks.spawn(refresh::run(
+            resolver,
+            config.refresh.concurrency,
             rx.clone(),
         ));
-        Ok(Daemon {
-            resolver,
-            store,
-            shared,
-            metrics_addr: bound_metrics,
+        Ok(daemon)
+    }
+
+    fn spawn_listener(
+        &mut self,
+        protocol: Protocol,
+        configured: Option<ListenAddr>,
+        listener: Listener,
+    ) -> Result<(), StartError> {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError(format!("listener address: {e}")))?;
+        // Logged before start() returns, so "listening" always precedes "ready".
+        info!(protocol = protocol.name(), listen = %bound, inherited = configured.is_none(), "listening");
+        let (stop, stop_rx) = watch::channel(false);
+        self.tasks.spawn(server::run_listener(
+            listener,
+            protocol,
+            self.shared.clone(),
+            stop_rx,
+            self.shutdown.subscribe(),
+        ));
+        self.running.push(Running {
+            protocol,
+            configured,
             bound,
-            shutdown: tx,
-            tasks,
-        })
+            stop,
+        });
+        Ok(())
+    }
+
+    fn update_view(&self) {
+        let v = self
+            .running
+            .iter()
+            .map(|r| format!("{} {}", r.protocol.name(), r.bound))
+            .collect();
+        *self
+            .listeners_view
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// Applies a new configuration without dropping the cache or open Postfix connections:
+    /// map profiles, timeouts, DNS and HTTPS settings, refresh and negative-cache timing, and
+    /// the listeners (new ones bound first; removed ones stop accepting while their connections
+    /// go on). Settings that need a restart are reported. On error nothing changes.
+    pub async fn reload(
+        &mut self,
+        new: Config,
+        source: Arc<dyn PolicySource>,
+    ) -> Result<String, String> {
+        let old = self.shared.config();
+        let mut notes = Vec::new();
+        let restart = |what: &str, notes: &mut Vec<String>| {
+            notes.push(format!("{what} changed: takes effect after a restart"));
+        };
+        if new.cache.dir != old.cache.dir {
+            restart("cache.dir", &mut notes);
+        }
+        if new.cache.max_entries != old.cache.max_entries {
+            restart("cache.max_entries", &mut notes);
+        }
+        if new.control != old.control {
+            restart("[control]", &mut notes);
+        }
+        if new.metrics_listen != old.metrics_listen {
+            restart("metrics.listen", &mut notes);
+        }
+        if new.limits.max_connections != old.limits.max_connections {
+            restart("limits.max_connections", &mut notes);
+        }
+        if new.refresh.concurrency != old.refresh.concurrency {
+            restart("refresh.concurrency", &mut notes);
+        }
+        if new.log.json != old.log.json {
+            restart("log.format", &mut notes);
+        }
+
+        // Listeners: bind every new one before changing anything.
+        let mut wanted: Vec<(Protocol, ListenAddr, u32)> = Vec::new();
+        for (protocol, l) in [
+            (Protocol::Socketmap, &new.socketmap),
+            (Protocol::TcpTable, &new.tcp_table),
+        ] {
+            if self.inherited.contains(protocol.name()) {
+                continue;
+            }
+            for a in &l.listen {
+                wanted.push((protocol, a.clone(), l.unix_mode));
+            }
+        }
+        let is_running = |p: Protocol, a: &ListenAddr| {
+            self.running
+                .iter()
+                .any(|r| r.protocol == p && r.configured.as_ref() == Some(a))
+        };
+        let mut added = Vec::new();
+        for (protocol, addr, mode) in &wanted {
+            if !is_running(*protocol, addr) {
+                let l = Listener::bind(addr, *mode)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} ({}): {e}", protocol.name()))?;
+                added.push((*protocol, addr.clone(), l));
+            }
+        }
+
+        let new = Arc::new(new);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.resolver.reconfigure(source, settings(&new));
+
+        let mut removed = 0;
+        self.running.retain(|r| {
+            let keep = match &r.configured {
+                None => true,
+                Some(a) => wanted.iter().any(|(p, w, _)| *p == r.protocol && w == a),
+            };
+            if !keep {
+                info!(protocol = r.protocol.name(), listen = %r.bound, "listener removed by reload");
+                let _ = r.stop.send(true);
+                removed += 1;
+            }
+            keep
+        });
+        let added_n = added.len();
+        for (protocol, addr, l) in added {
+            self.spawn_listener(protocol, Some(addr), l)
+                .map_err(|e| e.0)?;
+        }
+        // Unix socket modes may have changed for sockets that stay.
+        for (_, addr, mode) in &wanted {
+            if let ListenAddr::Unix(p) = addr {
+                use std::os::unix::fs::PermissionsExt;
+                if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode))
+                {
+                    warn!(socket = %p.display(), error = %e, "cannot set the socket mode");
+                }
+            }
+        }
+        self.update_view();
+        for n in &notes {
+            warn!("reload: {n}");
+        }
+        let summary = format!(
+            "configuration reloaded: {added_n} listener(s) added, {removed} removed{}{}",
+            if notes.is_empty() { "" } else { "; " },
+            notes.join("; ")
+        );
+        info!("{summary}");
+        Ok(summary)
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
         &self.resolver
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
     }
 
     /// The bound metrics address, when `[metrics] listen` is set.
@@ -180,25 +434,54 @@ impl Daemon {
         self.metrics_addr
     }
 
+    /// The control socket path, when the daemon created it.
+    pub fn control_path(&self) -> Option<&PathBuf> {
+        self.control_path.as_ref()
+    }
+
     /// The current gauges (cache entries by mode, connections).
     pub fn gauges(&self) -> metrics::Gauges {
-        gauges(&self.shared)
+        self.shared.gauges()
+    }
+
+    /// A one-line status for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let g = self.gauges();
+        format!(
+            "serving; policies: {} enforce, {} testing, {} none; {} negative; {} connections",
+            g.entries_enforce, g.entries_testing, g.entries_none, g.entries_negative, g.connections
+        )
     }
 
     /// Bound addresses of one protocol, with the real port when the config said 0.
     pub fn addrs(&self, protocol: Protocol) -> Vec<ListenAddr> {
-        self.bound
+        self.running
             .iter()
-            .filter(|(p, _)| *p == protocol)
-            .map(|(_, a)| a.clone())
+            .filter(|r| r.protocol == protocol)
+            .map(|r| r.bound.clone())
             .collect()
     }
 
-    /// Stops accepting, lets connections finish their current request, removes unix sockets.
+    /// Stops accepting, lets connections finish their current request (up to
+    /// [`SHUTDOWN_GRACE`]), flushes the journal and removes the sockets it created.
     pub async fn shutdown(mut self) {
+        for r in &self.running {
+            let _ = r.stop.send(true);
+        }
         let _ = self.shutdown.send(true);
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        // Idle connections close at once; one in the middle of a lookup answers it first.
+        let shared = self.shared.clone();
+        let drain = async {
+            while self.tasks.join_next().await.is_some() {}
+            while shared.open_connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            warn!(
+                connections = self.shared.open_connections(),
+                "shutdown grace period over; closing the rest"
+            );
             self.tasks.abort_all();
         }
         if let Err(e) = self.store.flush().await {
@@ -207,19 +490,10 @@ impl Daemon {
     }
 }
 
-/// Gauges for a scrape: a pass over the cache under its read lock (about 10 ms per million
-/// entries), so it is done per scrape, not per lookup.
-fn gauges(shared: &Shared) -> metrics::Gauges {
-    let c = shared
-        .resolver
-        .cache()
-        .counts(shared.resolver.clock().now());
-    metrics::Gauges {
-        entries_enforce: c.enforce,
-        entries_testing: c.testing,
-        entries_none: c.none,
-        entries_negative: c.negative,
-        expiring_within_day: c.expiring_within_day,
-        connections: shared.open_connections(),
+fn settings(config: &Config) -> Settings {
+    Settings {
+        deadline: config.lookup_deadline(),
+        negative_ttl: config.cache.negative_ttl,
+        refresh_interval: config.refresh.interval,
     }
 }

@@ -6,10 +6,17 @@
 //! `text/plain` (§3.2), a 64 KiB body cap checked on Content-Length and while streaming (§3.3),
 //! one deadline for the whole fetch, and the policy host resolved through our own resolver (never
 //! getaddrinfo).
+//!
+//! With `[https] proxy`, a domain not covered by `no_proxy` is fetched through an HTTP CONNECT
+//! tunnel (`TunnelConnector`): the proxy resolves and connects to `mta-sts.<domain>:<port>`,
+//! and TLS (SNI, certificate verification for `mta-sts.<domain>`, same roots) runs over the
+//! tunnel, so verification stays end to end with the policy host and the proxy cannot vouch for
+//! a certificate. The proxy host itself is resolved through our resolver unless it is an IP
+//! literal.
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,29 +25,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Request, StatusCode, header};
+use hyper::{Request, StatusCode, Uri, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::config::HttpsConfig;
+use crate::config::{HttpsConfig, Proxy};
 use crate::dns::Dns;
 use crate::policy::MAX_POLICY_BYTES;
 use crate::source::FetchError;
 
 const USER_AGENT: &str = concat!("mta-sts-policyd/", env!("CARGO_PKG_VERSION"));
 
+/// Largest CONNECT response head accepted from a proxy.
+const MAX_PROXY_HEAD: usize = 8 * 1024;
+
 type HttpsClient = Client<HttpsConnector<HttpConnector<HickoryResolve>>, Empty<Bytes>>;
+type TunnelClient = Client<HttpsConnector<TunnelConnector>, Empty<Bytes>>;
 
 /// Fetches policy files. Cheap to share; holds no connection between fetches.
 #[derive(Clone)]
 pub struct Fetcher {
     client: HttpsClient,
+    /// Set with `[https] proxy`: the client whose connections are CONNECT tunnels.
+    proxied: Option<TunnelClient>,
+    /// Lower-case domains without a leading dot; `*` matches every domain.
+    no_proxy: Arc<[String]>,
     timeout: Duration,
     port: u16,
 }
@@ -61,6 +78,31 @@ impl Fetcher {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
+        let proxied = match &cfg.proxy {
+            None => None,
+            Some(proxy) => {
+                tracing::info!(
+                    proxy = %format!("http://{}", proxy_authority(proxy)),
+                    no_proxy = ?cfg.no_proxy,
+                    "policy fetches go through an HTTP proxy (CONNECT tunnel, TLS end to end)"
+                );
+                let tunnel = TunnelConnector {
+                    proxy: Arc::new(proxy.clone()),
+                    dns: dns.clone(),
+                };
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(tunnel);
+                Some(
+                    Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(0)
+                        .build(https),
+                )
+            }
+        };
+
         let mut http = HttpConnector::new_with_resolver(HickoryResolve { dns });
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.timeout));
@@ -77,9 +119,22 @@ impl Fetcher {
             .build(https);
         Ok(Fetcher {
             client,
+            proxied,
+            no_proxy: cfg.no_proxy.clone().into(),
             timeout: cfg.timeout,
             port: cfg.port,
         })
+    }
+
+    /// The tunnelling client for `domain`, or None when it is fetched directly (no proxy set,
+    /// or `domain` covered by `no_proxy`).
+    fn proxied_for(&self, domain: &str) -> Option<&TunnelClient> {
+        let client = self.proxied.as_ref()?;
+        if bypasses_proxy(&self.no_proxy, domain) {
+            None
+        } else {
+            Some(client)
+        }
     }
 
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt` (RFC 8461 §3.2).
@@ -101,7 +156,11 @@ impl Fetcher {
             .header(header::USER_AGENT, USER_AGENT)
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Http(format!("cannot build request: {e}")))?;
-        let resp = self.client.request(req).await.map_err(classify)?;
+        let resp = match self.proxied_for(domain) {
+            Some(tunnel) => tunnel.request(req).await,
+            None => self.client.request(req).await,
+        }
+        .map_err(classify)?;
 
         // RFC 8461 §3.3: only 200 is valid; redirects MUST NOT be followed.
         if resp.status() != StatusCode::OK {
@@ -174,13 +233,10 @@ fn classify(e: hyper_util::client::legacy::Error) -> FetchError {
         if let Some(r) = err.downcast_ref::<ResolveError>() {
             return FetchError::Resolve(r.0.clone());
         }
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return FetchError::Tls(t.to_string());
+        if let Some(p) = err.downcast_ref::<ProxyError>() {
+            return FetchError::Connect(p.0.clone());
         }
-        // tokio-rustls wraps rustls errors in io::Error, whose source() skips the wrapped error.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
+        if let Some(t) = find_rustls(err) {
             return FetchError::Tls(t.to_string());
         }
         cur = err.source();
@@ -190,6 +246,24 @@ fn classify(e: hyper_util::client::legacy::Error) -> FetchError {
     } else {
         FetchError::Http(chain(&e))
     }
+}
+
+/// `err` itself if it is a rustls error, or the rustls error inside (nested) `io::Error`s:
+/// tokio-rustls wraps it in an io::Error and hyper-rustls wraps that in another
+/// (`io::Error::other`); io::Error's `source()` skips the wrapped error, so the chain walk in
+/// [`classify`] alone never reaches it.
+fn find_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cur = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn StdError + 'static));
+    }
+    None
 }
 
 fn chain(e: &(dyn StdError + 'static)) -> String {
@@ -216,6 +290,192 @@ impl std::fmt::Display for ResolveError {
 }
 
 impl StdError for ResolveError {}
+
+/// Whether `domain` is fetched directly: it equals a `no_proxy` entry or ends with
+/// `.<entry>`, or an entry is `*`. Entries are lower-case without a leading dot (config.rs).
+fn bypasses_proxy(no_proxy: &[String], domain: &str) -> bool {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    no_proxy.iter().any(|entry| {
+        entry == "*"
+            || domain == *entry
+            || (domain.len() > entry.len()
+                && domain.ends_with(entry.as_str())
+                && domain.as_bytes()[domain.len() - entry.len() - 1] == b'.')
+    })
+}
+
+/// `host:port`, with brackets around an IPv6 literal.
+fn proxy_authority(proxy: &Proxy) -> String {
+    if proxy.host.contains(':') {
+        format!("[{}]:{}", proxy.host, proxy.port)
+    } else {
+        format!("{}:{}", proxy.host, proxy.port)
+    }
+}
+
+/// A failure reaching the proxy or setting up the tunnel; classified as
+/// [`FetchError::Connect`], with a message naming the proxy.
+#[derive(Debug)]
+struct ProxyError(String);
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for ProxyError {}
+
+/// A hyper connector that yields a TCP stream to the proxy on which `CONNECT host:port` has
+/// succeeded; hyper-rustls then runs TLS for the URI's host over it. The policy host is never
+/// resolved here: the proxy resolves it.
+#[derive(Clone)]
+struct TunnelConnector {
+    proxy: Arc<Proxy>,
+    dns: Dns,
+}
+
+impl tower_service::Service<Uri> for TunnelConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let proxy = self.proxy.clone();
+        let dns = self.dns.clone();
+        Box::pin(async move {
+            let stream = open_tunnel(&proxy, &dns, &dst)
+                .await
+                .map_err(|e| Box::new(e) as Self::Error)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// TCP to the proxy, `CONNECT <host>:<port>`, a 2xx answer: the stream is then the tunnel.
+async fn open_tunnel(proxy: &Proxy, dns: &Dns, dst: &Uri) -> Result<TcpStream, ProxyError> {
+    let name = proxy_authority(proxy);
+    let host = dst
+        .host()
+        .ok_or_else(|| ProxyError(format!("proxy {name}: no host in {dst}")))?;
+    let port = dst.port_u16().unwrap_or(443);
+    let target = format!("{host}:{port}");
+
+    let ips: Vec<IpAddr> = match proxy.host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => dns
+            .lookup_ip(&proxy.host)
+            .await
+            .map_err(|e| ProxyError(format!("cannot resolve proxy {name}: {e}")))?,
+    };
+    let mut last_err = None;
+    let mut stream = None;
+    for ip in ips {
+        match TcpStream::connect(SocketAddr::new(ip, proxy.port)).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(format!("{ip}: {e}")),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| {
+        ProxyError(format!(
+            "cannot connect to proxy {name}: {}",
+            last_err.unwrap_or_else(|| "no address".to_string())
+        ))
+    })?;
+    // Best effort: the tunnel works without it.
+    let _ = stream.set_nodelay(true);
+
+    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| ProxyError(format!("proxy {name}: cannot send CONNECT {target}: {e}")))?;
+
+    let head = read_proxy_head(&mut stream)
+        .await
+        .map_err(|e| ProxyError(format!("proxy {name}: CONNECT {target}: {e}")))?;
+    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let status_line = String::from_utf8_lossy(status_line).trim_end().to_string();
+    if !connect_succeeded(&status_line) {
+        let shown: String = status_line.chars().take(200).collect();
+        return Err(ProxyError(format!(
+            "proxy {name} refused CONNECT {target}: {shown:?}"
+        )));
+    }
+    Ok(stream)
+}
+
+/// Reads the proxy's response head, up to and including the empty line, and nothing beyond it
+/// (what follows belongs to TLS). At most [`MAX_PROXY_HEAD`] bytes.
+async fn read_proxy_head(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let mut head = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        // Peek, then consume only through the end of the head, so that no byte after it (which
+        // belongs to the TLS stream) is lost.
+        let n = stream
+            .peek(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before an answer".to_string());
+        }
+        let before = head.len();
+        head.extend_from_slice(&chunk[..n]);
+        let end = find_head_end(&head, before);
+        let take = match end {
+            Some(end) => end.saturating_sub(before),
+            None => n,
+        };
+        head.truncate(before + take);
+        // Consume exactly what was peeked and kept.
+        stream
+            .read_exact(&mut chunk[..take])
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if end.is_some() {
+            return Ok(head);
+        }
+        if head.len() >= MAX_PROXY_HEAD {
+            return Err(format!("answer head longer than {MAX_PROXY_HEAD} bytes"));
+        }
+    }
+}
+
+/// The index just past the first `\r\n\r\n` (or bare `\n\n`) in `buf`, searching from a little
+/// before `from` so a terminator split across reads is found.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    (start..buf.len()).find_map(|i| {
+        let rest = &buf[i..];
+        if rest.starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if rest.starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+/// `HTTP/1.x 2xx ...`: the tunnel is open (RFC 9110 §9.3.6).
+fn connect_succeeded(status_line: &str) -> bool {
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    version.starts_with("HTTP/1.")
+        && code.len() == 3
+        && code.starts_with('2')
+        && code.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// Resolves the policy host through hickory for hyper's connector.
 #[derive(Clone)]
@@ -264,5 +524,61 @@ mod tests {
         assert!(!is_text_plain("text/plainx"));
         assert!(!is_text_plain("application/octet-stream"));
         assert!(!is_text_plain(""));
+    }
+
+    #[test]
+    fn no_proxy_matches_domain_and_subdomains() {
+        let np: Vec<String> = vec!["example.com".into(), "corp".into()];
+        assert!(bypasses_proxy(&np, "example.com"));
+        assert!(bypasses_proxy(&np, "Mail.Example.com."));
+        assert!(bypasses_proxy(&np, "a.b.corp"));
+        assert!(!bypasses_proxy(&np, "badexample.com"));
+        assert!(!bypasses_proxy(&np, "example.org"));
+        assert!(!bypasses_proxy(&np, "com"));
+        assert!(!bypasses_proxy(&[], "example.com"));
+        assert!(bypasses_proxy(&["*".to_string()], "anything.test"));
+    }
+
+    #[test]
+    fn rustls_error_is_found_inside_nested_io_errors() {
+        let tls = || rustls::Error::General("bad certificate".into());
+        let once = std::io::Error::new(std::io::ErrorKind::InvalidData, tls());
+        let twice = std::io::Error::other(once);
+        assert!(find_rustls(&twice).is_some());
+        assert!(find_rustls(&tls()).is_some());
+        assert!(find_rustls(&std::io::Error::other("refused")).is_none());
+    }
+
+    #[test]
+    fn connect_status_must_be_2xx() {
+        assert!(connect_succeeded("HTTP/1.1 200 Connection established"));
+        assert!(connect_succeeded("HTTP/1.0 200"));
+        assert!(connect_succeeded("HTTP/1.1 204 No Content"));
+        assert!(!connect_succeeded("HTTP/1.1 403 Forbidden"));
+        assert!(!connect_succeeded(
+            "HTTP/1.1 407 Proxy Authentication Required"
+        ));
+        assert!(!connect_succeeded("HTTP/1.1 2000 OK"));
+        assert!(!connect_succeeded("HTTP/2 200"));
+        assert!(!connect_succeeded("SSH-2.0-OpenSSH"));
+        assert!(!connect_succeeded(""));
+    }
+
+    #[test]
+    fn proxy_head_end_is_found_across_reads() {
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nXX", 0), Some(19));
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\n", 17), Some(19));
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\n\nX", 0), Some(17));
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n", 0), None);
+    }
+
+    #[test]
+    fn proxy_authority_brackets_ipv6() {
+        let p = |h: &str| Proxy {
+            host: h.into(),
+            port: 3128,
+        };
+        assert_eq!(proxy_authority(&p("::1")), "[::1]:3128");
+        assert_eq!(proxy_authority(&p("proxy.example")), "proxy.example:3128");
     }
 }

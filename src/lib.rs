@@ -12,6 +12,7 @@ pub mod cache;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod discovery;
 pub mod dns;

@@ -1,31 +1,48 @@
-//! `mta-sts-policyd`: wiring only. Arguments → config → listeners and tasks → wait for a signal.
-//! No protocol and no policy logic lives here.
+//! `mta-sts-policyd`: wiring only. Arguments → config → logging → daemon → signal loop; plus
+//! the one-shot subcommands (`query`, `check-config`, `check`, `ctl`). No protocol and no policy
+//! logic lives here.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use mta_sts_policyd::answer::{self, Rendered};
+use mta_sts_policyd::answer;
+use mta_sts_policyd::cache::PolicyEntry;
+use mta_sts_policyd::check::{self, Postfix};
 use mta_sts_policyd::clock::SystemClock;
-use mta_sts_policyd::config::{self, Config};
-use mta_sts_policyd::daemon::Daemon;
+use mta_sts_policyd::config::{self, Config, LogConfig};
+use mta_sts_policyd::control::{self, ReloadRequest};
+use mta_sts_policyd::daemon::{Daemon, Options};
 use mta_sts_policyd::discovery::{self, Outcome};
 use mta_sts_policyd::dns::Dns;
 use mta_sts_policyd::fetch::Fetcher;
 use mta_sts_policyd::key;
-use mta_sts_policyd::proto::{Reply, socketmap, tcp_table};
+use mta_sts_policyd::resolve::{Lookup, Resolution};
+use mta_sts_policyd::server;
+use mta_sts_policyd::service::{self, Activated, Notifier, Signal, Signals};
 use mta_sts_policyd::source::{NetSource, PolicySource};
 
 /// sysexits.h: the command was used incorrectly.
 const EX_USAGE: u8 = 64;
+/// sysexits.h: a service is unavailable (Postfix not installed, daemon not running).
+const EX_UNAVAILABLE: u8 = 69;
 /// sysexits.h: an internal software error (cannot start the runtime, cannot bind).
 const EX_SOFTWARE: u8 = 70;
 /// sysexits.h: a configuration error.
 const EX_CONFIG: u8 = 78;
+
+/// How often `STATUS=` is refreshed for `systemctl status`.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +60,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: answer Postfix on the configured listeners.
+    /// Run the daemon: answer Postfix on the configured (or socket-activated) listeners.
     Serve,
     /// Run one discovery for DOMAIN now (no daemon, no cache) and show what Postfix would get.
     Query {
@@ -55,6 +72,65 @@ enum Command {
     },
     /// Check the configuration file and print the effective settings.
     CheckConfig,
+    /// Check Postfix's configuration (via postconf) against this daemon's; exit 1 on findings.
+    Check {
+        /// The postconf command.
+        #[arg(long, default_value = "postconf")]
+        postconf: String,
+        /// Postfix's configuration directory (postconf -c).
+        #[arg(long)]
+        postfix_config: Option<PathBuf>,
+    },
+    /// Inspect and steer the running daemon's cache through its control socket.
+    Ctl {
+        #[command(subcommand)]
+        verb: CtlVerb,
+        /// Print the daemon's JSON replies instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The control socket (default: [control] socket from the configuration).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlVerb {
+    /// Version, uptime, configuration, listeners, entries by mode.
+    Status,
+    /// Counters and gauges (the same as /metrics).
+    Stats,
+    /// Cached domains.
+    List {
+        /// enforce, testing, none or negative.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Only policies expiring within this time ("1d", "12h").
+        #[arg(long)]
+        expiring_within: Option<String>,
+    },
+    /// One domain: TXT id, policy, times, last error, hits, and the exact answer per map.
+    Show { domain: String },
+    /// Run a discovery now and print the result.
+    Refresh {
+        domain: Option<String>,
+        /// Every cached policy (bounded by [refresh] concurrency).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove one domain from the cache and the journal.
+    Evict { domain: String },
+    /// Remove every entry.
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Every cached policy as JSON lines (for `import` on another host).
+    Export,
+    /// Merge policies from JSON lines (a file, or standard input), keeping the freshest fetch.
+    Import { file: Option<PathBuf> },
+    /// Re-read the configuration file.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -66,7 +142,6 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging();
     let config = match Config::load(&cli.config) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -75,9 +150,28 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Serve => {
+            // Before the runtime starts threads: adopting inherited sockets may unset LISTEN_*.
+            let activated = match service::take_activated() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("mta-sts-policyd: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            let logging = Logging::init(&config.log);
+            run(serve(config, cli.config, activated, logging))
+        }
         Command::CheckConfig => check_config(&config),
-        Command::Serve => run(serve(config)),
-        Command::Query { domain, json } => run(query(config, domain, json)),
+        Command::Query { domain, json } => {
+            Logging::init(&config.log);
+            run(query(config, domain, json))
+        }
+        Command::Check {
+            postconf,
+            postfix_config,
+        } => check_postfix(&config, &postconf, postfix_config.as_deref()),
+        Command::Ctl { verb, json, socket } => run(ctl(&config, verb, json, socket)),
     }
 }
 
@@ -94,18 +188,70 @@ fn run(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Logs go to stderr. Under systemd (JOURNAL_STREAM set) the journal adds its own timestamps.
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
-    } else {
-        builder.init();
+/// Logs go to stderr: text (without timestamps under systemd, whose journal adds them) or JSON
+/// lines. The level comes from `[log] level` unless `RUST_LOG` is set, and can change on reload.
+struct Logging {
+    handle: reload::Handle<EnvFilter, Registry>,
+    env_override: bool,
+}
+
+impl Logging {
+    fn init(cfg: &LogConfig) -> Logging {
+        let env_override = std::env::var_os("RUST_LOG").is_some();
+        let filter = if env_override {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        } else {
+            EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"))
+        };
+        let (filter, handle) = reload::Layer::new(filter);
+        let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+        let fmt: Box<dyn Layer<_> + Send + Sync> = if cfg.json {
+            Box::new(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+        } else if journal {
+            Box::new(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(false)
+                    .without_time(),
+            )
+        } else {
+            // Colour only for a person at a terminal, never in files or pipes.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            Box::new(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(ansi),
+            )
+        };
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init();
+        Logging {
+            handle,
+            env_override,
+        }
+    }
+
+    fn set_level(&self, level: &str) {
+        if self.env_override {
+            info!("RUST_LOG is set; log.level from the configuration is not applied");
+            return;
+        }
+        match EnvFilter::try_new(level) {
+            Ok(f) => {
+                if let Err(e) = self.handle.reload(f) {
+                    warn!(error = %e, "cannot change the log level");
+                }
+            }
+            Err(e) => warn!(error = %e, level, "bad log level"),
+        }
     }
 }
 
@@ -115,7 +261,20 @@ fn net_source(config: &Config) -> Result<Arc<dyn PolicySource>, String> {
     Ok(Arc::new(NetSource::new(dns, fetcher)))
 }
 
-async fn serve(config: Arc<Config>) -> ExitCode {
+async fn serve(
+    config: Arc<Config>,
+    path: PathBuf,
+    activated: Option<Activated>,
+    logging: Logging,
+) -> ExitCode {
+    let notifier = Notifier::from_env();
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
     let source = match net_source(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -123,13 +282,20 @@ async fn serve(config: Arc<Config>) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let daemon = match Daemon::start(config.clone(), source, Arc::new(SystemClock)).await {
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let mut opts = Options::new(source, Arc::new(SystemClock));
+    opts.activated = activated;
+    opts.reload = Some(reload_tx);
+    let mut daemon = match Daemon::start(config.clone(), opts).await {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
+            notifier.status(&format!("failed: {e}"));
             return ExitCode::from(EX_SOFTWARE);
         }
     };
+    // READY=1 only now: the cache is loaded and every listener is bound (spec F1.2).
+    notifier.ready(&daemon.status_line());
     info!(
         version = env!("CARGO_PKG_VERSION"),
         config = config
@@ -139,28 +305,75 @@ async fn serve(config: Arc<Config>) -> ExitCode {
             .unwrap_or_else(|| "(defaults)".into()),
         "ready"
     );
-    wait_for_stop_signal().await;
-    info!("stopping");
-    daemon.shutdown().await;
+    // From the main loop, so that a stuck loop stops the pings and systemd notices (F1.6).
+    let mut watchdog = Notifier::watchdog_interval().map(tokio::time::interval);
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Signal::Reload => reload(&mut daemon, &notifier, &logging, &path, None).await,
+                Signal::Stop => break,
+            },
+            Some(reply) = reload_rx.recv() => {
+                reload(&mut daemon, &notifier, &logging, &path, Some(reply)).await;
+            }
+            _ = tick(&mut watchdog) => notifier.watchdog(),
+            _ = status.tick() => notifier.status(&daemon.status_line()),
+        }
+    }
+    notifier.stopping();
+    info!("stopping: finishing lookups in progress");
+    tokio::select! {
+        _ = daemon.shutdown() => {}
+        sig = signals.next() => {
+            if sig == Signal::Stop {
+                warn!("second stop signal: exiting at once");
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            // Without signal handlers the default action (exit) still stops the process.
-            std::future::pending::<()>().await;
-            return;
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
         }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// SIGHUP or `ctl reload`: RELOADING=1, re-read the file, apply it, READY=1 (spec F1.4). An
+/// invalid configuration is logged and the running one stays.
+async fn reload(
+    daemon: &mut Daemon,
+    notifier: &Notifier,
+    logging: &Logging,
+    path: &Path,
+    reply: Option<ReloadRequest>,
+) {
+    notifier.reloading();
+    info!(config = %path.display(), "reloading");
+    let result = match Config::load(path) {
+        Err(e) => Err(format!("configuration error: {e}")),
+        Ok(new) => match net_source(&new) {
+            Err(e) => Err(e),
+            Ok(source) => {
+                let level = new.log.level.clone();
+                let r = daemon.reload(new, source).await;
+                if r.is_ok() {
+                    logging.set_level(&level);
+                }
+                r
+            }
+        },
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if let Err(e) = &result {
+        error!("reload failed; the running configuration stays: {e}");
+    }
+    notifier.ready(&daemon.status_line());
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
     }
 }
 
@@ -187,10 +400,16 @@ fn check_config(config: &Config) -> ExitCode {
         println!("dns: {}, timeout {:?}", ns.join(", "), config.dns.timeout);
     }
     println!(
-        "https: timeout {:?}, {} extra CA file(s), port {}",
+        "https: timeout {:?}, {} extra CA file(s), port {}, proxy {}",
         config.https.timeout,
         config.https.ca_files.len(),
-        config.https.port
+        config.https.port,
+        config
+            .https
+            .proxy
+            .as_ref()
+            .map(|p| format!("{}:{}", p.host, p.port))
+            .unwrap_or_else(|| "none".into())
     );
     for (name, p) in &config.maps {
         println!(
@@ -208,11 +427,105 @@ fn check_config(config: &Config) -> ExitCode {
         "refresh: every {:?}, {} at once",
         config.refresh.interval, config.refresh.concurrency
     );
+    match &config.control.socket {
+        Some(p) => println!("control socket: {}", p.display()),
+        None => println!("control socket: disabled"),
+    }
+    if let Some(m) = config.metrics_listen {
+        println!("metrics: inet:{m}");
+    }
     if let Err(e) = net_source(config) {
         eprintln!("mta-sts-policyd: {e}");
         return ExitCode::from(EX_CONFIG);
     }
     ExitCode::SUCCESS
+}
+
+/// `check`: Postfix's configuration against ours. 0 clean, 1 with findings.
+fn check_postfix(config: &Config, postconf: &str, dir: Option<&Path>) -> ExitCode {
+    let pf = match Postfix::read(postconf, dir) {
+        Ok(pf) => pf,
+        Err(e) => {
+            eprintln!("mta-sts-policyd: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let findings = check::analyze(&pf, config);
+    print!("{}", check::render(&findings));
+    if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `ctl VERB`: one request to the running daemon's control socket.
+async fn ctl(config: &Config, verb: CtlVerb, json: bool, socket: Option<PathBuf>) -> ExitCode {
+    let Some(socket) = socket.or_else(|| config.control.socket.clone()) else {
+        eprintln!("mta-sts-policyd: the control socket is disabled ([control] socket = \"\")");
+        return ExitCode::from(EX_CONFIG);
+    };
+    let mut input = None;
+    let (name, req) = match verb {
+        CtlVerb::Status => ("status", json!({"verb": "status"})),
+        CtlVerb::Stats => ("stats", json!({"verb": "stats"})),
+        CtlVerb::List {
+            mode,
+            expiring_within,
+        } => (
+            "list",
+            json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
+        ),
+        CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
+        CtlVerb::Refresh { domain, all } => match (domain, all) {
+            (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
+            (Some(d), false) => ("refresh", json!({"verb": "refresh", "domain": d})),
+            (None, false) => {
+                eprintln!("mta-sts-policyd: ctl refresh DOMAIN, or ctl refresh --all");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        CtlVerb::Evict { domain } => ("evict", json!({"verb": "evict", "domain": domain})),
+        CtlVerb::Purge { yes } => ("purge", json!({"verb": "purge", "yes": yes})),
+        CtlVerb::Export => ("export", json!({"verb": "export"})),
+        CtlVerb::Import { file } => {
+            let text = match &file {
+                Some(f) => std::fs::read_to_string(f),
+                None => std::io::read_to_string(std::io::stdin()),
+            };
+            match text {
+                Ok(t) => input = Some(t.lines().map(str::to_string).collect()),
+                Err(e) => {
+                    eprintln!("mta-sts-policyd: cannot read the import: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+            ("import", json!({"verb": "import"}))
+        }
+        CtlVerb::Reload => ("reload", json!({"verb": "reload"})),
+    };
+    let lines = match control::request(&socket, &req, input).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mta-sts-policyd: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    if json {
+        for l in &lines {
+            println!("{l}");
+        }
+    } else {
+        print!("{}", control::render(name, &lines));
+    }
+    let ok = lines
+        .last()
+        .is_some_and(|l| l["ok"].as_bool() == Some(true));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `query`: one discovery, printed with the exact answer each configured map would give.
@@ -227,7 +540,7 @@ async fn query(config: Arc<Config>, key: String, json: bool) -> ExitCode {
             report.insert("domain".into(), serde_json::Value::Null);
             report.insert("result".into(), "skipped".into());
             report.insert("reason".into(), reason.clone().into());
-            report.insert("answers".into(), answers_json(&config, None));
+            report.insert("answers".into(), answers(&config, None));
             return print_report(json, &report, &[reason], 1);
         }
     };
@@ -291,7 +604,14 @@ async fn query(config: Arc<Config>, key: String, json: bool) -> ExitCode {
         report.insert("reason".into(), r.clone().into());
         lines.push(format!("rejected: {r}"));
     }
-    let answers = answers_json(&config, policy.as_ref().map(|p| (domain.as_str(), p)));
+    let entry = policy.clone().map(|p| {
+        let id = match &d.outcome {
+            Outcome::Fetched { id, .. } => id.clone(),
+            _ => String::new(),
+        };
+        Arc::new(PolicyEntry::new(id, p, SystemTime::now()))
+    });
+    let answers = answers(&config, entry.map(|e| (domain.clone(), e)));
     for (k, v) in answers.as_object().into_iter().flatten() {
         lines.push(format!("answer {k}: {}", v.as_str().unwrap_or("")));
     }
@@ -309,37 +629,18 @@ async fn query(config: Arc<Config>, key: String, json: bool) -> ExitCode {
 }
 
 /// The exact reply bytes per socketmap map and for tcp_table.
-fn answers_json(
-    config: &Config,
-    policy: Option<(&str, &mta_sts_policyd::policy::Policy)>,
-) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    let reply = |profile: &config::MapProfile, fits: fn(&str) -> bool| match policy {
-        None => Reply::NotFound,
-        Some((d, p)) => match answer::render_fitting(d, p, &profile.answer, fits) {
-            Rendered::Found(v) => Reply::Found(v),
-            Rendered::NotFound => Reply::NotFound,
-            Rendered::TooLarge => Reply::Temp("policy answer too large".into()),
+fn answers(config: &Config, policy: Option<(String, Arc<PolicyEntry>)>) -> serde_json::Value {
+    let lookup = match policy {
+        Some((domain, entry)) => Lookup::Resolved {
+            domain,
+            resolution: Resolution::Policy(entry),
+        },
+        None => Lookup::Resolved {
+            domain: String::new(),
+            resolution: Resolution::NoPolicy,
         },
     };
-    for (name, profile) in &config.maps {
-        let mut b = bytes::BytesMut::new();
-        socketmap::encode_reply(&reply(profile, socketmap::found_fits), &mut b);
-        out.insert(
-            format!("socketmap:{name}"),
-            String::from_utf8_lossy(&b).into_owned().into(),
-        );
-    }
-    let mut b = bytes::BytesMut::new();
-    tcp_table::encode_reply(
-        &reply(config.tcp_table_profile(), tcp_table::found_fits),
-        &mut b,
-    );
-    out.insert(
-        "tcp_table".into(),
-        String::from_utf8_lossy(&b).trim_end().to_string().into(),
-    );
-    serde_json::Value::Object(out)
+    serde_json::to_value(server::wire_answers(config, &lookup)).unwrap_or_default()
 }
 
 fn print_report(

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
@@ -77,9 +77,9 @@ pub enum Due {
 
 pub struct Resolver {
     cache: Cache,
-    source: Arc<dyn PolicySource>,
+    source: RwLock<Arc<dyn PolicySource>>,
     clock: Arc<dyn Clock>,
-    settings: Settings,
+    settings: RwLock<Settings>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Resolution>>>>,
     /// Next check times; stale entries (the domain was rescheduled or removed) are skipped when
     /// popped. Kept apart from the cache lock so the refresh task never scans the cache.
@@ -100,9 +100,9 @@ impl Resolver {
     ) -> Resolver {
         Resolver {
             cache,
-            source,
+            source: RwLock::new(source),
             clock,
-            settings,
+            settings: RwLock::new(settings),
             inflight: Mutex::new(HashMap::new()),
             schedule: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
@@ -143,6 +143,21 @@ impl Resolver {
         &self.cache
     }
 
+    /// The timing rules in force.
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded configuration: new DNS/HTTPS settings and timing rules. Discoveries
+    /// already running finish with the old source; the cache and schedule are untouched.
+    pub fn reconfigure(&self, source: Arc<dyn PolicySource>, settings: Settings) {
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
@@ -174,7 +189,7 @@ impl Resolver {
     /// Joins the running discovery for `domain` or starts one, and waits for it up to the deadline.
     async fn cold(self: &Arc<Self>, domain: &str) -> Resolution {
         let mut rx = self.join_or_start(domain);
-        let deadline = self.settings.deadline;
+        let deadline = self.settings().deadline;
         match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
             Ok(Ok(r)) => r.clone().unwrap_or(Resolution::NoPolicy),
             Ok(Err(_)) => Resolution::Failed("discovery task ended without a result".into()),
@@ -229,11 +244,64 @@ impl Resolver {
         rx
     }
 
+    /// Removes a domain from the cache and the journal (operator's `evict`).
+    pub fn evict(&self, domain: &str) -> bool {
+        let removed = self.cache.remove(domain);
+        if removed && let Some(store) = &self.store {
+            store.write_nowait(Record::Remove {
+                domain: domain.to_string(),
+            });
+        }
+        removed
+    }
+
+    /// Empties the cache and the journal (operator's `purge`); returns the entries removed.
+    pub async fn purge(&self) -> usize {
+        let views = self.cache.views();
+        let mut n = 0;
+        for (domain, _) in &views {
+            if self.evict(domain) {
+                n += 1;
+            }
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.flush().await
+        {
+            self.metrics.store_write_error();
+            error!(error = %e, "purge: cannot flush the journal");
+        }
+        warn!(entries = n, "cache purged by the operator");
+        n
+    }
+
+    /// Merges a policy from another host or an export (operator's `import`): taken when it is
+    /// unexpired and fetched later than what the cache holds. Persisted like a fetched policy.
+    pub async fn import(&self, domain: &str, entry: Arc<PolicyEntry>) -> bool {
+        let now = self.clock.now();
+        if !entry.is_valid(now) {
+            return false;
+        }
+        if let Some(cur) = self.cache.valid_policy(domain, now)
+            && cur.fetched >= entry.fetched
+        {
+            return false;
+        }
+        self.persist(Record::Policy {
+            domain: domain.to_string(),
+            entry: entry.clone(),
+        })
+        .await;
+        let next = self.next_check(&entry, now);
+        self.cache.insert_policy(domain, entry, next, now);
+        self.schedule_at(domain, next);
+        true
+    }
+
     /// Puts a policy loaded from disk into the cache (warm restart) and spreads its first check
     /// over the refresh interval, so that a large cache loaded at once causes no thundering herd.
     pub fn preload(&self, domain: &str, entry: Arc<PolicyEntry>) {
         let now = self.clock.now();
-        let spread = self.spread(domain, self.settings.refresh_interval);
+        let spread = self.spread(domain, self.settings().refresh_interval);
         let next = self.next_check(&entry, now).min(now + spread).max(now);
         self.cache.insert_policy(domain, entry, next, now);
         self.schedule_at(domain, next);
@@ -301,7 +369,7 @@ impl Resolver {
     /// When to look at a fresh policy next: about one refresh interval later (±10%), but early
     /// enough before expiry that the policy is fetched again while it is still valid (§10.2).
     fn next_check(&self, entry: &PolicyEntry, now: SystemTime) -> SystemTime {
-        let interval = self.settings.refresh_interval;
+        let interval = self.settings().refresh_interval;
         let jittered = interval.mul_f64(0.9) + self.spread(&entry.id, interval / 5);
         let before_expiry = entry
             .expires
@@ -331,14 +399,19 @@ impl Resolver {
         // a policy still published never drops out of the cache.
         let refetch = cached.as_ref().is_some_and(|e| {
             let left = e.expires.duration_since(now).unwrap_or_default();
-            left <= Self::lead(e, self.settings.refresh_interval) + MIN_CHECK_GAP
+            left <= Self::lead(e, self.settings().refresh_interval) + MIN_CHECK_GAP
         });
         let known = match &cached {
             None => Known::Nothing,
             Some(e) if refetch => Known::Refetch(&e.id),
             Some(e) => Known::Valid(&e.id),
         };
-        let d = discovery::discover(&*self.source, domain, known).await;
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let d = discovery::discover(&*source, domain, known).await;
         self.metrics.discovery(discovery_outcome(&d.outcome));
         let now = self.clock.now();
         let elapsed_ms = d.elapsed.as_millis() as u64;
@@ -381,7 +454,7 @@ impl Resolver {
                 Some(e) => {
                     debug!(domain, id, elapsed_ms, "TXT id unchanged");
                     let next = self.next_check(&e, now);
-                    self.cache.record_check(domain, next, false);
+                    self.cache.record_check(domain, next, now, None);
                     self.schedule_at(domain, next);
                     return Resolution::Policy(e);
                 }
@@ -395,7 +468,7 @@ impl Resolver {
                         info!(domain, reason = %reason, "cached policy expired and no policy is published now; dropped");
                     }
                     let reason = reason.to_string();
-                    let until = now + self.settings.negative_ttl;
+                    let until = now + self.settings().negative_ttl;
                     if self
                         .cache
                         .insert_negative(domain, &reason, false, now, until)
@@ -462,7 +535,7 @@ impl Resolver {
         };
         let failures = state.map(|s| s.failures + 1).unwrap_or(1);
         let next = (now + Self::backoff(failures)).min(e.expires.max(now + MIN_CHECK_GAP));
-        let failures = self.cache.record_check(domain, next, true);
+        let failures = self.cache.record_check(domain, next, now, Some(&failure));
         self.schedule_at(domain, next);
         if failures == 1 || failures.is_multiple_of(16) {
             warn!(domain, id = e.id, failures, reason = failure,

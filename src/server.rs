@@ -7,8 +7,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -49,7 +49,9 @@ impl Protocol {
 /// A bound listening socket. Unix sockets remember their path so it can be removed at shutdown.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// The path is removed at stop when we created the socket; None for a socket systemd passed
+    /// (it owns the path).
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl Listener {
@@ -77,7 +79,21 @@ impl Listener {
                 }
                 let l = UnixListener::bind(path)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
-                Ok(Listener::Unix(l, path.clone()))
+                Ok(Listener::Unix(l, Some(path.clone())))
+            }
+        }
+    }
+
+    /// A listening socket passed by systemd (socket activation).
+    pub fn inherited(l: crate::service::InheritedListener) -> io::Result<Listener> {
+        match l {
+            crate::service::InheritedListener::Tcp(t) => {
+                t.set_nonblocking(true)?;
+                Ok(Listener::Tcp(TcpListener::from_std(t)?))
+            }
+            crate::service::InheritedListener::Unix(u) => {
+                u.set_nonblocking(true)?;
+                Ok(Listener::Unix(UnixListener::from_std(u)?, None))
             }
         }
     }
@@ -86,13 +102,18 @@ impl Listener {
     pub fn local_addr(&self) -> io::Result<ListenAddr> {
         match self {
             Listener::Tcp(l) => Ok(ListenAddr::Tcp(l.local_addr()?)),
-            Listener::Unix(_, p) => Ok(ListenAddr::Unix(p.clone())),
+            Listener::Unix(_, Some(p)) => Ok(ListenAddr::Unix(p.clone())),
+            Listener::Unix(l, None) => {
+                let a = l.local_addr()?;
+                let p = a.as_pathname().map(Path::to_path_buf).unwrap_or_default();
+                Ok(ListenAddr::Unix(p))
+            }
         }
     }
 
     fn unix_path(&self) -> Option<&Path> {
         match self {
-            Listener::Unix(_, p) => Some(p),
+            Listener::Unix(_, p) => p.as_deref(),
             Listener::Tcp(_) => None,
         }
     }
@@ -101,7 +122,8 @@ impl Listener {
 /// What every connection needs: the resolver, the config (profiles, limits) and the shared cap.
 pub struct Shared {
     pub resolver: Arc<Resolver>,
-    pub config: Arc<Config>,
+    /// The configuration in force; replaced as a whole on reload.
+    pub config: RwLock<Arc<Config>>,
     pub connections: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     /// Postfix connections open now. Counted apart from the semaphore, whose permits are also
@@ -110,10 +132,58 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The configuration in force: each request and connection works on one snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Postfix connections open now.
     pub fn open_connections(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Gauges for a scrape or `ctl stats`: a pass over the cache under its read lock (about
+    /// 10 ms per million entries), so it is done on request, never per lookup.
+    pub fn gauges(&self) -> metrics::Gauges {
+        let c = self.resolver.cache().counts(self.resolver.clock().now());
+        metrics::Gauges {
+            entries_enforce: c.enforce,
+            entries_testing: c.testing,
+            entries_none: c.none,
+            entries_negative: c.negative,
+            expiring_within_day: c.expiring_within_day,
+            connections: self.open_connections(),
+        }
+    }
+}
+
+/// The exact reply bytes Postfix would get for `lookup`, per socketmap map name and for
+/// tcp_table (without the final LF), under `config`: what `query` and `ctl show` print.
+pub fn wire_answers(
+    config: &Config,
+    lookup: &Lookup,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, profile) in &config.maps {
+        let mut b = BytesMut::new();
+        socketmap::encode_reply(&reply_for(lookup, profile, socketmap::found_fits), &mut b);
+        out.insert(
+            format!("socketmap:{name}"),
+            String::from_utf8_lossy(&b).into_owned(),
+        );
+    }
+    let mut b = BytesMut::new();
+    let reply = reply_for(lookup, config.tcp_table_profile(), tcp_table::found_fits);
+    tcp_table::encode_reply(&reply, &mut b);
+    let line = String::from_utf8_lossy(&b);
+    out.insert(
+        "tcp_table".to_string(),
+        line.strip_suffix('\n').unwrap_or(&line).to_string(),
+    );
+    out
 }
 
 /// Counts one open connection for as long as it lives.
@@ -134,11 +204,14 @@ impl Drop for OpenGuard<'_> {
 
 /// Accepts connections until `shutdown` turns true. Holding a permit before accepting makes the
 /// cap a real bound: beyond it, clients wait in the kernel's accept queue instead of being cut off.
+/// `stop` ends this listener (reload removed it, or shutdown); `connections` ends the
+/// connections it accepted, which outlive a removed listener until the daemon stops.
 pub async fn run_listener(
     listener: Listener,
     protocol: Protocol,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    connections: watch::Receiver<bool>,
 ) {
     let addr = listener
         .local_addr()
@@ -155,7 +228,7 @@ pub async fn run_listener(
                 if !cap_warned {
                     warn!(
                         protocol = protocol.name(),
-                        max_connections = shared.config.limits.max_connections,
+                        max_connections = shared.config().limits.max_connections,
                         "connection limit reached; new clients wait in the accept queue"
                     );
                     cap_warned = true;
@@ -176,7 +249,7 @@ pub async fn run_listener(
         match accepted {
             Ok(stream) => {
                 let shared = shared.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = connections.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _open = OpenGuard::new(&shared.open);
@@ -238,7 +311,8 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = &shared.config.limits;
+    let config = shared.config();
+    let limits = &config.limits;
     let mut codec = Codec::new(protocol);
     let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::with_capacity(512);
@@ -405,9 +479,10 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
         }
     };
     let start = Instant::now();
+    let config = shared.config();
     let (profile, fits): (&MapProfile, fn(&str) -> bool) = match &map {
-        Some(m) => (shared.config.profile(m), socketmap::found_fits),
-        None => (shared.config.tcp_table_profile(), tcp_table::found_fits),
+        Some(m) => (config.profile(m), socketmap::found_fits),
+        None => (config.tcp_table_profile(), tcp_table::found_fits),
     };
     let lookup = shared.resolver.lookup(&key).await;
     let reply = reply_for(&lookup, profile, fits);
@@ -423,7 +498,7 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
             Reply::Perm(_) => metrics::Answer::Perm,
         },
     );
-    let map_name = map.as_deref().unwrap_or(&shared.config.tcp_table_map);
+    let map_name = map.as_deref().unwrap_or(&config.tcp_table_map);
     shared.metrics.lookup(mp, map_name, answer, start.elapsed());
     debug!(
         protocol = protocol.name(),

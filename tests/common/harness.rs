@@ -45,6 +45,8 @@ ca_files = ["{ca}"]
 port = {port}
 [cache]
 dir = "{state}"
+[control]
+socket = "{control}"
 [maps.strict]
 strict_testing = true
 [maps.tlsrpt]
@@ -57,6 +59,7 @@ servername = false
         ca = world.ca_file().display(),
         port = world.https_port(),
         state = world.dir().join("state").display(),
+        control = world.dir().join("control.sock").display(),
     )
 }
 
@@ -82,9 +85,8 @@ impl TestDaemon {
         let dns = Dns::new(&config.dns).expect("resolver");
         let fetcher = Fetcher::new(&config.https, dns.clone()).expect("fetcher");
         let source = Arc::new(NetSource::new(dns, fetcher));
-        let daemon = Daemon::start(config, source, Arc::new(SystemClock))
-            .await
-            .expect("daemon starts");
+        let opts = mta_sts_policyd::daemon::Options::new(source, Arc::new(SystemClock));
+        let daemon = Daemon::start(config, opts).await.expect("daemon starts");
         let tcp = |p| match daemon.addrs(p).first() {
             Some(ListenAddr::Tcp(a)) => *a,
             other => panic!("no TCP listener for {p:?}: {other:?}"),
@@ -260,6 +262,19 @@ pub fn serve_child(
     SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
+    serve_child_env(bin, config, &[])
+}
+
+/// As [`serve_child`], with extra environment variables.
+pub fn serve_child_env(
+    bin: &str,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(bin)
@@ -267,6 +282,7 @@ pub fn serve_child(
         .arg(config)
         .arg("serve")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

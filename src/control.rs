@@ -1,0 +1,708 @@
+//! The operator's control socket: a Unix socket of its own (never a Postfix listener), one JSON
+//! request per line, peer uid checked (root, the daemon's own user, or members of
+//! `[control] group`). Read-only verbs (`status`, `list`, `show`, `stats`, `export`) and mutating
+//! ones (`refresh`, `evict`, `purge`, `import`, `reload`) act through the resolver's and the
+//! daemon's public handles. Also the client side of `mta-sts-policyd ctl`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tracing::{debug, info, warn};
+
+use crate::cache::{EntryView, PolicyEntry};
+use crate::key;
+use crate::policy::{Mode, parse_policy};
+use crate::resolve::{Lookup, Resolution};
+use crate::server::{self, Shared};
+
+/// One request or export/import line. A policy is at most 64 KiB; JSON escaping can double it.
+const MAX_LINE: usize = 256 * 1024;
+/// An operator request is answered or abandoned within this time, except `refresh` and
+/// `import`, which take as long as their work (each discovery is bounded by its own timeouts).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A reload request from the control socket; the main loop answers it.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// What the control socket needs from the running daemon.
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub started: SystemTime,
+    /// The listeners in force, as `protocol inet:...` strings (updated on reload).
+    pub listeners: Arc<RwLock<Vec<String>>>,
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    pub store: crate::store::Store,
+    /// Members of this group may use the socket besides root and the daemon's user.
+    pub group: Option<(String, u32)>,
+}
+
+/// Creates the control socket: its directory if missing, the socket with `mode`, and the group
+/// owner when configured. A stale socket left by a crash is replaced; a live one is not stolen.
+pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(io::Error::from)?;
+    }
+    Ok(l)
+}
+
+/// Resolves `[control] group` to its gid; an unknown group is a start-up error.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("control.group: no group named {name:?}")),
+        Err(e) => Err(format!("control.group {name:?}: {e}")),
+    }
+}
+
+/// Serves the control socket until `shutdown`; removes the socket file afterwards if `path`.
+pub async fn serve(
+    listener: UnixListener,
+    ctl: Arc<Control>,
+    path: Option<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, &ctl).await {
+                        debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Root, our own uid, and members of the configured group (primary or supplementary) may steer
+/// the daemon.
+fn allowed(ctl: &Control, uid: u32, gid: u32) -> Result<(), String> {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    if let Some((name, g)) = &ctl.group {
+        if gid == *g {
+            return Ok(());
+        }
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let member = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*g))
+            .ok()
+            .flatten()
+            .is_some_and(|grp| user.is_some_and(|u| grp.mem.contains(&u.name)));
+        if member {
+            return Ok(());
+        }
+        return Err(format!(
+            "permission denied: uid {uid} is not root, the daemon's user, or in group {name}"
+        ));
+    }
+    Err(format!(
+        "permission denied: uid {uid} is not root or the daemon's user (see [control] group)"
+    ))
+}
+
+async fn connection(stream: UnixStream, ctl: &Control) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    if let Err(e) = allowed(ctl, cred.uid(), cred.gid()) {
+        warn!(uid = cred.uid(), pid = ?cred.pid(), "control: {e}");
+        send(&mut write, &json!({"ok": false, "error": e})).await?;
+        return Ok(());
+    }
+    let mut lines = FramedRead::new(
+        BufReader::new(read),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
+    loop {
+        let line = match tokio::time::timeout(IDLE_TIMEOUT, lines.next()).await {
+            Ok(Some(Ok(l))) => l,
+            Ok(Some(Err(e))) => {
+                let err = json!({"ok": false, "error": format!("bad request line: {e}")});
+                return send(&mut write, &err).await;
+            }
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = json!({"ok": false, "error": format!("request is not JSON: {e}")});
+                send(&mut write, &err).await?;
+                continue;
+            }
+        };
+        let verb = req["verb"].as_str().unwrap_or("").to_string();
+        info!(verb, uid = cred.uid(), "control request");
+        match verb.as_str() {
+            "export" => export(ctl, &mut write).await?,
+            "import" => {
+                let reply = import(ctl, &mut lines).await;
+                send(&mut write, &reply).await?;
+            }
+            _ => {
+                let reply = dispatch(ctl, &verb, &req).await;
+                send(&mut write, &reply).await?;
+            }
+        }
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> io::Result<()> {
+    let mut line = v.to_string();
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn time(t: SystemTime) -> Value {
+    json!(humantime::format_rfc3339_seconds(t).to_string())
+}
+
+fn domain_arg(req: &Value) -> Result<String, Value> {
+    let raw = req["domain"].as_str().unwrap_or("");
+    key::policy_domain(raw.as_bytes())
+        .map_err(|e| json!({"ok": false, "error": format!("{raw:?}: {e}")}))
+}
+
+async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
+    let resolver = &ctl.shared.resolver;
+    match verb {
+        "status" => status(ctl),
+        "stats" => {
+            let m = ctl
+                .shared
+                .metrics
+                .snapshot_with_gauges(&ctl.shared.gauges());
+            json!({"ok": true, "metrics": m})
+        }
+        "list" => list(ctl, req),
+        "show" => match domain_arg(req) {
+            Ok(d) => show(ctl, &d),
+            Err(e) => e,
+        },
+        "refresh" if req["all"].as_bool() == Some(true) => refresh_all(ctl).await,
+        "refresh" => match domain_arg(req) {
+            Ok(d) => {
+                resolver.refresh(&d).await;
+                show(ctl, &d)
+            }
+            Err(e) => e,
+        },
+        "evict" => match domain_arg(req) {
+            Ok(d) => {
+                let evicted = resolver.evict(&d);
+                if evicted {
+                    warn!(domain = d, "evicted by the operator");
+                }
+                json!({"ok": true, "domain": d, "evicted": evicted})
+            }
+            Err(e) => e,
+        },
+        "purge" if req["yes"].as_bool() == Some(true) => {
+            json!({"ok": true, "purged": resolver.purge().await})
+        }
+        "purge" => {
+            json!({"ok": false, "error": "purge empties the whole cache: confirm with --yes"})
+        }
+        "reload" => match &ctl.reload {
+            None => json!({"ok": false, "error": "reload is not available in this process"}),
+            Some(tx) => {
+                let (reply, rx) = oneshot::channel();
+                if tx.send(reply).await.is_err() {
+                    return json!({"ok": false, "error": "the daemon is stopping"});
+                }
+                match rx.await {
+                    Ok(Ok(summary)) => json!({"ok": true, "result": summary}),
+                    Ok(Err(e)) => json!({"ok": false, "error": e}),
+                    Err(_) => json!({"ok": false, "error": "reload was abandoned"}),
+                }
+            }
+        },
+        "" => json!({"ok": false, "error": "missing \"verb\""}),
+        other => json!({"ok": false, "error": format!("unknown verb {other:?}")}),
+    }
+}
+
+fn status(ctl: &Control) -> Value {
+    let config = ctl.shared.config();
+    let c = ctl.shared.gauges();
+    let st = ctl.store.stats();
+    let uptime = SystemTime::now()
+        .duration_since(ctl.started)
+        .unwrap_or_default()
+        .as_secs();
+    let listeners = ctl
+        .listeners
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": uptime,
+        "config": config.path.as_ref().map(|p| p.display().to_string()),
+        "cache_dir": config.cache.dir.display().to_string(),
+        "listeners": listeners,
+        "entries": {
+            "enforce": c.entries_enforce,
+            "testing": c.entries_testing,
+            "none": c.entries_none,
+            "negative": c.entries_negative,
+        },
+        "expiring_within_day": c.expiring_within_day,
+        "connections": c.connections,
+        "journal": {"bytes": st.journal_bytes, "records": st.journal_records, "live": st.live,
+                    "compactions": st.compactions, "write_errors": st.write_errors},
+    })
+}
+
+fn list(ctl: &Control, req: &Value) -> Value {
+    let now = ctl.shared.resolver.clock().now();
+    let mode = req["mode"].as_str();
+    if let Some(m) = mode
+        && !["enforce", "testing", "none", "negative"].contains(&m)
+    {
+        return json!({"ok": false, "error": format!("mode {m:?}: expected enforce, testing, none or negative")});
+    }
+    let within = match req["expiring_within"].as_str() {
+        None => None,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) => Some(now + d),
+            Err(e) => return json!({"ok": false, "error": format!("expiring_within {s:?}: {e}")}),
+        },
+    };
+    let mut rows: Vec<Value> = Vec::new();
+    for (domain, view) in ctl.shared.resolver.cache().views() {
+        let row = match &view {
+            EntryView::Policy(p) if p.entry.is_valid(now) => {
+                if mode.is_some_and(|m| m != p.entry.policy.mode.as_str())
+                    || within.is_some_and(|t| p.entry.expires > t)
+                {
+                    continue;
+                }
+                json!({"domain": domain, "kind": "policy", "mode": p.entry.policy.mode.as_str(),
+                       "id": p.entry.id, "expires": time(p.entry.expires),
+                       "next_check": time(p.next_check), "failures": p.failures, "hits": p.hits})
+            }
+            EntryView::Negative {
+                reason,
+                until,
+                failure,
+                hits,
+            } if *until > now => {
+                if mode.is_some_and(|m| m != "negative") || within.is_some() {
+                    continue;
+                }
+                json!({"domain": domain, "kind": if *failure {"backoff"} else {"negative"},
+                       "reason": reason.as_ref(), "until": time(*until), "hits": hits})
+            }
+            _ => continue,
+        };
+        rows.push(row);
+    }
+    rows.sort_by(|a, b| a["domain"].as_str().cmp(&b["domain"].as_str()));
+    json!({"ok": true, "count": rows.len(), "entries": rows})
+}
+
+fn show(ctl: &Control, domain: &str) -> Value {
+    let now = ctl.shared.resolver.clock().now();
+    let config = ctl.shared.config();
+    let view = ctl.shared.resolver.cache().view(domain);
+    let resolution = match &view {
+        Some(EntryView::Policy(p)) if p.entry.is_valid(now) => Resolution::Policy(p.entry.clone()),
+        Some(EntryView::Negative {
+            reason,
+            until,
+            failure: true,
+            ..
+        }) if *until > now => Resolution::Failed(reason.clone()),
+        _ => Resolution::NoPolicy,
+    };
+    let answers = server::wire_answers(
+        &config,
+        &Lookup::Resolved {
+            domain: domain.to_string(),
+            resolution,
+        },
+    );
+    let mut out =
+        json!({"ok": true, "domain": domain, "cached": view.is_some(), "answers": answers});
+    match view {
+        Some(EntryView::Policy(p)) => {
+            let e = &p.entry;
+            out["kind"] = json!("policy");
+            out["valid"] = json!(e.is_valid(now));
+            out["id"] = json!(e.id);
+            out["mode"] = json!(e.policy.mode.as_str());
+            out["mx"] = json!(
+                e.policy
+                    .mx
+                    .iter()
+                    .map(|m| m.policy_form())
+                    .collect::<Vec<_>>()
+            );
+            out["policy"] = json!(e.policy.to_text());
+            out["fetched"] = time(e.fetched);
+            out["expires"] = time(e.expires);
+            out["next_check"] = time(p.next_check);
+            out["failures"] = json!(p.failures);
+            out["last_error"] = match &p.last_error {
+                Some((at, reason)) => json!({"at": time(*at), "reason": reason.as_ref()}),
+                None => Value::Null,
+            };
+            out["hits"] = json!(p.hits);
+        }
+        Some(EntryView::Negative {
+            reason,
+            until,
+            failure,
+            hits,
+        }) => {
+            out["kind"] = json!(if failure { "backoff" } else { "negative" });
+            out["reason"] = json!(reason.as_ref());
+            out["until"] = time(until);
+            out["hits"] = json!(hits);
+        }
+        None => {}
+    }
+    out
+}
+
+async fn refresh_all(ctl: &Control) -> Value {
+    let resolver = ctl.shared.resolver.clone();
+    let domains: Vec<String> = resolver
+        .cache()
+        .views()
+        .into_iter()
+        .filter_map(|(d, v)| matches!(v, EntryView::Policy(_)).then_some(d))
+        .collect();
+    // The same bound as background refresh: an operator's --all is no thundering herd either.
+    let permits = Arc::new(Semaphore::new(ctl.shared.config().refresh.concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for d in domains {
+        let (r, permits) = (resolver.clone(), permits.clone());
+        set.spawn(async move {
+            let _p = permits.acquire_owned().await;
+            r.refresh(&d).await;
+            r.cache().policy_state(&d).is_none_or(|s| s.failures == 0)
+        });
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(true) => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    json!({"ok": true, "refreshed": ok, "failed": failed})
+}
+
+/// JSON lines, one policy each, then a summary line: the format `import` reads.
+async fn export(ctl: &Control, w: &mut (impl AsyncWriteExt + Unpin)) -> io::Result<()> {
+    let now = ctl.shared.resolver.clock().now();
+    let mut n = 0u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for (domain, view) in ctl.shared.resolver.cache().views() {
+        let EntryView::Policy(p) = view else { continue };
+        if !p.entry.is_valid(now) {
+            continue;
+        }
+        let line = json!({"domain": domain, "id": p.entry.id, "fetched": unix(p.entry.fetched),
+                          "policy": p.entry.policy.to_text()});
+        buf.extend_from_slice(line.to_string().as_bytes());
+        buf.push(b'\n');
+        n += 1;
+        if buf.len() > 48 * 1024 {
+            w.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf).await?;
+    send(w, &json!({"ok": true, "count": n})).await
+}
+
+/// Reads policy lines (as `export` writes them) until `{"end":true}` or EOF; merges each by
+/// freshest fetch.
+async fn import<R>(ctl: &Control, lines: &mut FramedRead<R, LinesCodec>) -> Value
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let (mut imported, mut kept, mut invalid) = (0u64, 0u64, Vec::<String>::new());
+    while let Some(line) = lines.next().await {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                invalid.push(format!("line too long or broken: {e}"));
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                invalid.push(format!("not JSON: {e}"));
+                continue;
+            }
+        };
+        if v["end"].as_bool() == Some(true) {
+            break;
+        }
+        if v.get("ok").is_some() {
+            // The summary line of an export piped straight into import.
+            continue;
+        }
+        match parse_entry(&v) {
+            Ok((domain, entry)) => {
+                if ctl.shared.resolver.import(&domain, entry).await {
+                    imported += 1;
+                } else {
+                    kept += 1;
+                }
+            }
+            Err(e) => invalid.push(e),
+        }
+    }
+    if imported > 0 {
+        info!(
+            imported,
+            kept,
+            invalid = invalid.len(),
+            "policies imported by the operator"
+        );
+    }
+    invalid.truncate(20);
+    json!({"ok": true, "imported": imported, "kept": kept, "invalid": invalid})
+}
+
+fn parse_entry(v: &Value) -> Result<(String, Arc<PolicyEntry>), String> {
+    let raw = v["domain"].as_str().ok_or("missing \"domain\"")?;
+    let domain = key::policy_domain(raw.as_bytes()).map_err(|e| format!("{raw:?}: {e}"))?;
+    let id = v["id"]
+        .as_str()
+        .ok_or_else(|| format!("{domain}: missing \"id\""))?;
+    crate::policy::parse_sts_record(&format!("v=STSv1; id={id}"))
+        .map_err(|e| format!("{domain}: bad id: {e}"))?;
+    let fetched = v["fetched"]
+        .as_u64()
+        .ok_or_else(|| format!("{domain}: missing \"fetched\""))?;
+    let text = v["policy"]
+        .as_str()
+        .ok_or_else(|| format!("{domain}: missing \"policy\""))?;
+    let policy = parse_policy(text.as_bytes()).map_err(|e| format!("{domain}: {e}"))?;
+    let fetched = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(fetched))
+        .ok_or_else(|| format!("{domain}: bad \"fetched\""))?;
+    Ok((
+        domain,
+        Arc::new(PolicyEntry::new(id.to_string(), policy, fetched)),
+    ))
+}
+
+// ---- client --------------------------------------------------------------------------------
+
+/// Sends one request (and, for `import`, the lines of `input`) and returns every line the
+/// daemon answered, parsed.
+pub async fn request(
+    socket: &Path,
+    req: &Value,
+    input: Option<Vec<String>>,
+) -> Result<Vec<Value>, String> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let (read, mut write) = stream.into_split();
+    // A refused peer gets its reason and the connection closed before our request is written:
+    // a failed send is reported only if the daemon said nothing.
+    let mut sent = send(&mut write, req).await;
+    if sent.is_ok()
+        && let Some(lines) = input
+    {
+        for l in lines {
+            sent = write.write_all(format!("{l}\n").as_bytes()).await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        if sent.is_ok() {
+            sent = send(&mut write, &json!({"end": true})).await;
+        }
+    }
+    let mut lines = FramedRead::new(
+        BufReader::new(read),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
+    let mut out = Vec::new();
+    while let Some(line) = lines.next().await {
+        let Ok(line) = line else {
+            break;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            return Err(format!("bad reply: {line:?}"));
+        };
+        // Every reply ends with an object that has "ok"; export lines come before it.
+        let last = v.get("ok").is_some();
+        out.push(v);
+        if last {
+            return Ok(out);
+        }
+    }
+    match sent {
+        Err(e) if out.is_empty() => Err(format!("send: {e}")),
+        _ if out.is_empty() => Err("the daemon closed the connection without a reply".into()),
+        _ => Ok(out),
+    }
+}
+
+/// A readable rendering of a reply for the terminal.
+pub fn render(verb: &str, lines: &[Value]) -> String {
+    let Some(last) = lines.last() else {
+        return "no reply\n".to_string();
+    };
+    if last["ok"].as_bool() != Some(true) {
+        return format!("error: {}\n", last["error"].as_str().unwrap_or("unknown"));
+    }
+    let mut s = String::new();
+    match verb {
+        "list" => {
+            s.push_str(&format!(
+                "{:<40} {:<9} {:<24} {:<21} {:>6}\n",
+                "DOMAIN", "KIND", "ID/REASON", "EXPIRES/UNTIL", "HITS"
+            ));
+            for e in last["entries"].as_array().into_iter().flatten() {
+                let kind = e["mode"].as_str().or(e["kind"].as_str()).unwrap_or("");
+                let id = e["id"].as_str().or(e["reason"].as_str()).unwrap_or("");
+                let until = e["expires"].as_str().or(e["until"].as_str()).unwrap_or("");
+                s.push_str(&format!(
+                    "{:<40} {:<9} {:<24} {:<21} {:>6}\n",
+                    e["domain"].as_str().unwrap_or(""),
+                    kind,
+                    truncate(id, 24),
+                    until,
+                    e["hits"]
+                ));
+            }
+            s.push_str(&format!("{} entries\n", last["count"]));
+        }
+        "export" => {
+            for l in lines {
+                s.push_str(&l.to_string());
+                s.push('\n');
+            }
+        }
+        _ => flatten("", last, &mut s),
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+/// `key: value` lines, nested objects as dotted keys, multi-line strings indented.
+fn flatten(prefix: &str, v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "ok" {
+                    continue;
+                }
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        Value::String(s) if s.contains('\n') => {
+            out.push_str(&format!("{prefix}:\n"));
+            for l in s.lines() {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+        Value::String(s) => out.push_str(&format!("{prefix}: {s}\n")),
+        Value::Array(a) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect();
+            out.push_str(&format!("{prefix}: {}\n", items.join(", ")));
+        }
+        Value::Null => out.push_str(&format!("{prefix}: -\n")),
+        other => out.push_str(&format!("{prefix}: {other}\n")),
+    }
+}
+
+/// Mode names accepted by `list --mode`.
+pub fn mode_names() -> [&'static str; 4] {
+    [
+        Mode::Enforce.as_str(),
+        Mode::Testing.as_str(),
+        Mode::None.as_str(),
+        "negative",
+    ]
+}

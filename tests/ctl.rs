@@ -1,0 +1,252 @@
+//! Every control verb end to end against the real daemon, plus the `ctl` client's table output
+//! and a peer that is not allowed.
+
+mod common;
+
+use std::path::Path;
+
+use common::World;
+use common::harness::{TestDaemon, config_text, enforce_body};
+use mta_sts_policyd::control;
+use serde_json::{Value, json};
+
+async fn ask(socket: &Path, req: Value) -> Value {
+    let lines = control::request(socket, &req, None).await.unwrap();
+    lines.last().cloned().unwrap()
+}
+
+async fn world() -> World {
+    let w = World::start().await;
+    w.good_domain("good.test", "id1", &enforce_body(&["mx.good.test"]))
+        .await;
+    w.good_domain(
+        "testing.test",
+        "t1",
+        "version: STSv1\nmode: testing\nmx: mx.testing.test\nmax_age: 86400\n",
+    )
+    .await;
+    w
+}
+
+#[tokio::test]
+async fn control_verbs() {
+    let w = world().await;
+    let d = TestDaemon::start(&w).await;
+    let sock = w.dir().join("control.sock");
+    for key in ["good.test", "testing.test", "none.test"] {
+        d.ask(key).await;
+    }
+    d.ask("good.test").await;
+
+    let st = ask(&sock, json!({"verb": "status"})).await;
+    assert_eq!(st["ok"], true);
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["entries"]["enforce"], 1);
+    assert_eq!(st["entries"]["testing"], 1);
+    assert_eq!(st["entries"]["negative"], 1);
+    assert!(st["listeners"].as_array().unwrap().len() == 2);
+
+    let l = ask(&sock, json!({"verb": "list"})).await;
+    assert_eq!(l["count"], 3);
+    let l = ask(&sock, json!({"verb": "list", "mode": "enforce"})).await;
+    assert_eq!(l["entries"][0]["domain"], "good.test");
+    assert_eq!(l["count"], 1);
+    let l = ask(&sock, json!({"verb": "list", "expiring_within": "2d"})).await;
+    assert_eq!(l["count"], 2, "both policies have max_age 1 day: {l}");
+    let l = ask(&sock, json!({"verb": "list", "mode": "bogus"})).await;
+    assert_eq!(l["ok"], false);
+
+    let s = ask(&sock, json!({"verb": "show", "domain": "GOOD.test."})).await;
+    assert_eq!(s["domain"], "good.test");
+    assert_eq!(s["id"], "id1");
+    assert_eq!(s["mode"], "enforce");
+    assert_eq!(s["hits"], 1);
+    assert_eq!(s["last_error"], Value::Null);
+    assert!(s["policy"].as_str().unwrap().contains("mx: mx.good.test"));
+    assert_eq!(
+        s["answers"]["socketmap:default"],
+        "48:OK secure match=mx.good.test servername=hostname,"
+    );
+    assert_eq!(
+        s["answers"]["socketmap:strict"],
+        s["answers"]["socketmap:default"]
+    );
+    assert_eq!(
+        s["answers"]["tcp_table"],
+        "200 secure%20match=mx.good.test%20servername=hostname"
+    );
+    let s = ask(&sock, json!({"verb": "show", "domain": "testing.test"})).await;
+    assert_eq!(s["answers"]["socketmap:default"], "9:NOTFOUND ,");
+    assert!(
+        s["answers"]["socketmap:strict"]
+            .as_str()
+            .unwrap()
+            .contains("OK secure")
+    );
+
+    // refresh: a new id is fetched now and the answer reflects it.
+    w.set_sts("good.test", "id2").await;
+    w.serve_policy("good.test", &enforce_body(&["mx2.good.test"]))
+        .await;
+    let r = ask(&sock, json!({"verb": "refresh", "domain": "good.test"})).await;
+    assert_eq!(r["id"], "id2", "{r}");
+    assert_eq!(
+        d.ask("good.test").await,
+        "OK secure match=mx2.good.test servername=hostname"
+    );
+    // A failing refresh keeps the policy and shows the error.
+    w.set_http("good.test", common::Http::status(503, None))
+        .await;
+    w.set_sts("good.test", "id3").await;
+    let r = ask(&sock, json!({"verb": "refresh", "domain": "good.test"})).await;
+    assert_eq!(r["id"], "id2");
+    assert!(
+        r["last_error"]["reason"].as_str().unwrap().contains("503"),
+        "{r}"
+    );
+    let all = ask(&sock, json!({"verb": "refresh", "all": true})).await;
+    assert_eq!(
+        all["refreshed"].as_u64().unwrap() + all["failed"].as_u64().unwrap(),
+        2
+    );
+
+    let stats = ask(&sock, json!({"verb": "stats"})).await;
+    assert!(
+        stats["metrics"]["mta_sts_cache_hits_total"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    // export, then import into a second daemon: merged by freshest fetch.
+    let lines = control::request(&sock, &json!({"verb": "export"}), None)
+        .await
+        .unwrap();
+    assert_eq!(lines.last().unwrap()["count"], 2);
+    let exported: Vec<String> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let w2 = World::start().await;
+    let d2 = TestDaemon::start(&w2).await;
+    let sock2 = w2.dir().join("control.sock");
+    let imp = control::request(&sock2, &json!({"verb": "import"}), Some(exported.clone()))
+        .await
+        .unwrap();
+    assert_eq!(imp.last().unwrap()["imported"], 2, "{imp:?}");
+    // The second world has no DNS or web records: the answers come from the import.
+    assert_eq!(
+        d2.ask("good.test").await,
+        "OK secure match=mx2.good.test servername=hostname"
+    );
+    let again = control::request(&sock2, &json!({"verb": "import"}), Some(exported))
+        .await
+        .unwrap();
+    assert_eq!(again.last().unwrap()["imported"], 0);
+    assert_eq!(again.last().unwrap()["kept"], 2);
+
+    let e = ask(&sock, json!({"verb": "evict", "domain": "testing.test"})).await;
+    assert_eq!(e["evicted"], true);
+    let s = ask(&sock, json!({"verb": "show", "domain": "testing.test"})).await;
+    assert_eq!(s["cached"], false);
+
+    let p = ask(&sock, json!({"verb": "purge"})).await;
+    assert_eq!(p["ok"], false, "purge needs --yes");
+    let p = ask(&sock, json!({"verb": "purge", "yes": true})).await;
+    assert_eq!(p["purged"], 2);
+    assert_eq!(ask(&sock, json!({"verb": "list"})).await["count"], 0);
+
+    let r = ask(&sock, json!({"verb": "reload"})).await;
+    assert_eq!(r["ok"], false, "no reload channel in-process: {r}");
+    let u = ask(&sock, json!({"verb": "frobnicate"})).await;
+    assert!(u["error"].as_str().unwrap().contains("unknown verb"));
+}
+
+#[tokio::test]
+async fn ctl_client_prints_tables_and_json() {
+    let w = world().await;
+    let d = TestDaemon::start(&w).await;
+    d.ask("good.test").await;
+    let cfg = w.dir().join("ctl.toml");
+    std::fs::write(&cfg, config_text(&w, "")).unwrap();
+    let cfg1 = cfg.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+            .arg("-c")
+            .arg(&cfg1)
+            .args(["ctl", "list"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("DOMAIN"), "{out}");
+    assert!(
+        out.contains("good.test") && out.contains("enforce"),
+        "{out}"
+    );
+    let cfg2 = w.dir().join("ctl.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+            .arg("-c")
+            .arg(&cfg2)
+            .args(["ctl", "show", "good.test", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "enforce");
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_allowed_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: cannot run a client as another user; the uid check is unit-tested");
+        return;
+    }
+    let w = world().await;
+    // A directory and socket that another user can reach, so that the uid check decides.
+    let dir = tempfile::Builder::new()
+        .prefix("ctl-peer-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("control.sock");
+    let text = config_text(&w, "").replace(
+        &format!("socket = \"{}\"", w.dir().join("control.sock").display()),
+        &format!("socket = \"{}\"\nmode = \"0666\"", sock.display()),
+    );
+    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
+    let _d = TestDaemon::from_config(cfg).await;
+    let sock2 = sock.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+            .args(["-c", "/nonexistent.toml", "ctl", "status", "--socket"])
+            .arg(&sock2)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("permission denied"), "{text}");
+    // Root is allowed.
+    assert_eq!(ask(&sock, json!({"verb": "status"})).await["ok"], true);
+}
