@@ -227,9 +227,13 @@ async fn a_peer_that_is_not_allowed_is_refused() {
     let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
     let _d = TestDaemon::from_config(cfg).await;
     let sock2 = sock.clone();
+    // The build tree may sit in a directory the other user cannot enter (/root): run a copy.
+    let bin = dir.path().join("mta-sts-policyd");
+    std::fs::copy(env!("CARGO_BIN_EXE_mta-sts-policyd"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+        std::process::Command::new(&bin)
             .args(["-c", "/nonexistent.toml", "ctl", "status", "--socket"])
             .arg(&sock2)
             .uid(65534)
