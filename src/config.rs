@@ -104,6 +104,9 @@ pub struct HttpsConfig {
     /// Policy domains fetched directly even when a proxy is set: a name equal to an entry or
     /// ending in `.entry` (a leading dot in an entry is ignored); `*` matches everything.
     pub no_proxy: Vec<String>,
+    /// Fetch from policy hosts on loopback, private or link-local addresses (off by default: a
+    /// hostile domain could point its policy host at internal services).
+    pub allow_private_addresses: bool,
 }
 
 /// An HTTP proxy: `http://host:port`, no credentials in the URL.
@@ -148,6 +151,14 @@ pub struct LogConfig {
     /// A tracing filter: "info", "debug", "mta_sts_policyd=debug,info" ... `RUST_LOG` overrides it.
     pub level: String,
     pub json: bool,
+}
+
+/// Whom to run as after binding, when started as root.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonConfig {
+    pub user: Option<String>,
+    /// Default: the user's primary group.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +217,7 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub log: LogConfig,
     pub control: ControlConfig,
+    pub daemon: DaemonConfig,
     pub limits: Limits,
 }
 
@@ -302,7 +314,15 @@ struct RawConfig {
     metrics: RawMetrics,
     log: RawLog,
     control: RawControl,
+    daemon: RawDaemon,
     limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    user: String,
+    group: String,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +457,7 @@ struct RawHttps {
     port: u16,
     proxy: String,
     no_proxy: Vec<String>,
+    allow_private_addresses: bool,
 }
 
 impl Default for RawHttps {
@@ -447,6 +468,7 @@ impl Default for RawHttps {
             port: 443,
             proxy: String::new(),
             no_proxy: Vec::new(),
+            allow_private_addresses: false,
         }
     }
 }
@@ -624,6 +646,7 @@ impl RawConfig {
             port: self.https.port,
             proxy,
             no_proxy,
+            allow_private_addresses: self.https.allow_private_addresses,
         };
 
         let mut maps: BTreeMap<String, MapProfile> = BTreeMap::new();
@@ -787,6 +810,10 @@ impl RawConfig {
             metrics_listen,
             log,
             control,
+            daemon: DaemonConfig {
+                user: Some(self.daemon.user).filter(|u| !u.is_empty()),
+                group: Some(self.daemon.group).filter(|g| !g.is_empty()),
+            },
             limits,
         })
     }

@@ -205,6 +205,22 @@ impl Daemon {
             },
         };
 
+        // Everything that needs root is bound or open now: run as the configured user from here.
+        if let Some(user) = &config.daemon.user {
+            let mut owned: Vec<PathBuf> = vec![
+                config.cache.dir.clone(),
+                config.cache.dir.join("policies.journal"),
+            ];
+            owned.extend(control_path.clone());
+            for (_, configured, _) in &listeners {
+                if let Some(ListenAddr::Unix(p)) = configured {
+                    owned.push(p.clone());
+                }
+            }
+            let owned: Vec<&std::path::Path> = owned.iter().map(PathBuf::as_path).collect();
+            crate::service::drop_privileges(user, config.daemon.group.as_deref(), &owned)
+                .map_err(StartError)?;
+        }
         let shared = Arc::new(Shared {
             resolver: resolver.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -103,7 +103,10 @@ impl Fetcher {
             }
         };
 
-        let mut http = HttpConnector::new_with_resolver(HickoryResolve { dns });
+        let mut http = HttpConnector::new_with_resolver(HickoryResolve {
+            dns,
+            allow_private: cfg.allow_private_addresses,
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.timeout));
         http.set_nodelay(true);
@@ -481,6 +484,39 @@ fn connect_succeeded(status_line: &str) -> bool {
 #[derive(Clone)]
 struct HickoryResolve {
     dns: Dns,
+    /// `[https] allow_private_addresses`: off by default, so that a hostile domain cannot aim
+    /// the fetch at services on loopback or the internal network.
+    allow_private: bool,
+}
+
+/// Addresses a policy host on the public internet never has: loopback, private (RFC 1918, ULA),
+/// link-local, unspecified, shared (RFC 6598), multicast and broadcast, also as IPv4-mapped IPv6.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 impl tower_service::Service<Name> for HickoryResolve {
@@ -495,11 +531,25 @@ impl tower_service::Service<Name> for HickoryResolve {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let dns = self.dns.clone();
+        let allow_private = self.allow_private;
         Box::pin(async move {
-            let ips = dns
+            let mut ips = dns
                 .lookup_ip(name.as_str())
                 .await
                 .map_err(|e| Box::new(ResolveError(e)) as Self::Error)?;
+            if !allow_private {
+                let all = ips.clone();
+                ips.retain(|ip| !is_internal(*ip));
+                if ips.is_empty() {
+                    let shown: Vec<String> = all.iter().map(|i| i.to_string()).collect();
+                    return Err(Box::new(ResolveError(format!(
+                        "{} resolves only to internal addresses ({}); not fetched \
+                         ([https] allow_private_addresses = true allows it)",
+                        name.as_str(),
+                        shown.join(", ")
+                    ))) as Self::Error);
+                }
+            }
             // Port 0: the connector fills in the port of the URI.
             Ok(ips
                 .into_iter()
@@ -513,6 +563,41 @@ impl tower_service::Service<Name> for HickoryResolve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "192.0.2.1",
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:db8::1",
+            "2a00::1",
+        ] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn rfc8461_3_2_media_type_is_text_plain_with_any_parameters() {

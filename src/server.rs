@@ -27,6 +27,8 @@ use crate::resolve::{Lookup, Resolution, Resolver};
 
 /// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS ...): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one accept-failure warning per this interval.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How much a connection reads at a time. Requests are tens of bytes; the decoders bound the
 /// buffer to one maximal frame plus this.
 const READ_CHUNK: usize = 4096;
@@ -218,6 +220,9 @@ pub async fn run_listener(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut cap_warned = false;
+    // Accept failures (EMFILE ...) repeat every back-off: logged once, then summarised.
+    let mut accept_errors: u64 = 0;
+    let mut last_accept_warn: Option<Instant> = None;
     loop {
         let permit = match shared.connections.clone().try_acquire_owned() {
             Ok(p) => {
@@ -263,7 +268,12 @@ pub async fn run_listener(
                 });
             }
             Err(e) => {
-                warn!(protocol = protocol.name(), error = %e, "accept failed; backing off");
+                accept_errors += 1;
+                if last_accept_warn.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                    warn!(protocol = protocol.name(), error = %e, failures = accept_errors,
+                          "accept failed; backing off (check the file descriptor limit)");
+                    last_accept_warn = Some(Instant::now());
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }

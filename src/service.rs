@@ -549,6 +549,59 @@ fn classify(fd: OwnedFd) -> Result<InheritedListener, String> {
     }
 }
 
+/// Switches the whole process (every thread: glibc's setuid/setgid apply process-wide) to
+/// `user` and `group` (default: the user's primary group), after handing `owned` paths (the
+/// state directory, the journal, the unix sockets) to them. Only root can do this; a process
+/// already running as `user` is left as it is.
+pub fn drop_privileges(
+    user: &str,
+    group: Option<&str>,
+    owned: &[&std::path::Path],
+) -> Result<(), String> {
+    use nix::unistd::{Group, User, chown, getuid, setgid, setgroups, setuid};
+    let u = User::from_name(user)
+        .map_err(|e| format!("[daemon] user {user:?}: {e}"))?
+        .ok_or_else(|| format!("[daemon] user {user:?} does not exist"))?;
+    let gid = match group {
+        None => u.gid,
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("[daemon] group {g:?}: {e}"))?
+                .ok_or_else(|| format!("[daemon] group {g:?} does not exist"))?
+                .gid
+        }
+    };
+    if getuid() == u.uid {
+        return Ok(());
+    }
+    if !getuid().is_root() {
+        return Err(format!(
+            "[daemon] user {user:?}: only root can switch users (running as uid {})",
+            getuid()
+        ));
+    }
+    for path in owned {
+        if path.exists() {
+            chown(*path, Some(u.uid), Some(gid))
+                .map_err(|e| format!("cannot hand {} to {user}: {e}", path.display()))?;
+        }
+    }
+    // Order matters: supplementary groups and the gid while still root, the uid last.
+    setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(gid).map_err(|e| format!("setgid: {e}"))?;
+    setuid(u.uid).map_err(|e| format!("setuid: {e}"))?;
+    if setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+        return Err("privileges could be regained after dropping them".into());
+    }
+    tracing::info!(
+        user,
+        uid = u.uid.as_raw(),
+        gid = gid.as_raw(),
+        "privileges dropped"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -521,3 +521,37 @@ async fn on_lookup_error_temp_defers_failures_but_not_domains_without_policy() {
     // The default map answers the same failures with NOTFOUND (RFC 8461 §3.3).
     assert_eq!(c.query("postfix", b"broken.test").await, NOTFOUND);
 }
+
+#[tokio::test]
+async fn policy_hosts_on_internal_addresses_are_not_fetched_by_default() {
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    // The world's hosts are on 127.0.0.1: with the default setting the daemon must refuse them.
+    let text = common::harness::config_text(&w, "").replace(
+        "allow_private_addresses = true",
+        "allow_private_addresses = false",
+    );
+    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
+    let d = TestDaemon::from_config(cfg).await;
+    assert_eq!(d.ask("good.test").await, NOTFOUND);
+    assert_eq!(
+        w.fetches("good.test"),
+        0,
+        "no connection to an internal address"
+    );
+    let path = w.dir().join("private.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+            .arg("-c")
+            .arg(&path)
+            .args(["query", "good.test"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("internal addresses (127.0.0.1)"), "{text}");
+}

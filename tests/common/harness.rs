@@ -43,6 +43,8 @@ timeout = "{DNS_TIMEOUT}"
 timeout = "{HTTPS_TIMEOUT}"
 ca_files = ["{ca}"]
 port = {port}
+# The test world lives on 127.0.0.1.
+allow_private_addresses = true
 [cache]
 dir = "{state}"
 [control]
@@ -133,6 +135,14 @@ pub fn netstring(payload: &[u8]) -> Vec<u8> {
 }
 
 impl SocketmapClient {
+    /// A client on a connection opened elsewhere.
+    pub fn from_stream(stream: TcpStream) -> SocketmapClient {
+        SocketmapClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn connect(addr: SocketAddr) -> SocketmapClient {
         SocketmapClient {
             stream: TcpStream::connect(addr).await.expect("connect socketmap"),

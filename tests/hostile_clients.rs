@@ -1,0 +1,296 @@
+//! Hostile and broken Postfix-side clients against the real daemon: many idle connections,
+//! accept errors (EMFILE), a client that sends one byte per second, half-closed sockets, a client
+//! that never reads its replies, and a connect/close storm. Each test also shows that a
+//! well-behaved client is served throughout, and reports its figures on stderr.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::World;
+use common::harness::{
+    SocketmapClient, TestDaemon, config_text, enforce_body, netstring, serve_child,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GOOD: &str = "OK secure match=mx.good.test servername=hostname";
+
+async fn good_world() -> World {
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    w
+}
+
+/// Latencies of `n` lookups on one existing connection.
+async fn probe(c: &mut SocketmapClient, n: usize) -> Vec<Duration> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(c.query("postfix", b"good.test").await, GOOD);
+        v.push(t.elapsed());
+    }
+    v.sort();
+    v
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of /proc/pid/stat: 12th and 13th after ')'.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_and_hits_stay_fast() {
+    let w = good_world().await;
+    let cfg = w.dir().join("many.toml");
+    std::fs::write(&cfg, config_text(&w, "[limits]\nmax_connections = 12000\n")).unwrap();
+    let (mut child, addr, _logs) = serve_child(env!("CARGO_BIN_EXE_mta-sts-policyd"), &cfg);
+    let mut good = SocketmapClient::connect(addr).await;
+    assert_eq!(good.query("postfix", b"good.test").await, GOOD);
+    // Our own fd limit bounds how many clients this process can hold.
+    let limit: usize = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let n = 10_000.min(limit.saturating_sub(500));
+    let start = Instant::now();
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let opened = start.elapsed();
+    // Give the daemon time to accept them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lat = probe(&mut good, 200).await;
+    let p50 = lat[lat.len() / 2];
+    let p99 = lat[lat.len() * 99 / 100];
+    eprintln!(
+        "idle connections: {n} opened in {opened:?}; hits on an existing connection: p50 {p50:?} p99 {p99:?} max {:?}",
+        lat[lat.len() - 1]
+    );
+    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+    // The idle ones are real connections: one of them is answered too.
+    let mut last = SocketmapClient::from_stream(idle.pop().unwrap());
+    assert_eq!(last.query("postfix", b"good.test").await, GOOD);
+    drop(idle);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn accept_errors_back_off_instead_of_spinning() {
+    let w = good_world().await;
+    let cfg = w.dir().join("emfile.toml");
+    std::fs::write(&cfg, config_text(&w, "")).unwrap();
+    // The daemon under a 64-file limit: accept fails with EMFILE once the table is full.
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs the daemon");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let l = rx.recv_timeout(Duration::from_secs(15)).expect("log line");
+        if l.contains("listening") && l.contains("socketmap") {
+            let a: String = l
+                .split("inet:")
+                .nth(1)
+                .unwrap()
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '"')
+                .collect();
+            break a.parse().unwrap();
+        }
+    };
+    let mut good = SocketmapClient::connect(addr).await;
+    assert_eq!(good.query("postfix", b"good.test").await, GOOD);
+    // Past the fd limit and then the kernel's accept queue, connects stall: stop at the first.
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => flood.push(s),
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(child.id()) - before;
+    let lat = probe(&mut good, 50).await;
+    eprintln!(
+        "EMFILE: {} connections queued; daemon CPU over 2 s: {} ticks (100/s); hits p99 {:?}",
+        flood.len(),
+        used,
+        lat[lat.len() * 99 / 100]
+    );
+    assert!(used < 40, "the accept loop spins: {used} ticks in 2 s");
+    let saw = std::iter::from_fn(|| rx.recv_timeout(Duration::from_millis(200)).ok())
+        .any(|l| l.contains("accept failed"));
+    assert!(saw, "EMFILE is logged");
+    // ... but not every 100 ms: at most once per 10 s after the first.
+    let lines = std::iter::from_fn(|| rx.recv_timeout(Duration::from_millis(200)).ok())
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(
+        lines <= 1,
+        "accept failures flood the log: {lines} more lines"
+    );
+    drop(flood);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn one_byte_per_second_is_cut_at_the_request_deadline() {
+    let w = good_world().await;
+    let d = TestDaemon::start_with(&w, "[limits]\nrequest_timeout = \"2s\"\n").await;
+    let mut good = d.socketmap().await;
+    let mut slow = tokio::net::TcpStream::connect(d.socketmap).await.unwrap();
+    let frame = netstring(b"postfix good.test");
+    let start = Instant::now();
+    let mut closed_after = None;
+    for b in &frame {
+        if slow.write_all(std::slice::from_ref(b)).await.is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        // Served meanwhile.
+        assert_eq!(good.query("postfix", b"good.test").await, GOOD);
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let t = closed_after.expect("the trickling client is disconnected");
+    eprintln!("one byte per second: closed after {t:?} (request_timeout 2 s)");
+    assert!(
+        t >= Duration::from_secs(2) && t < Duration::from_secs(5),
+        "{t:?}"
+    );
+}
+
+#[tokio::test]
+async fn half_closed_client_still_gets_its_answer() {
+    let w = good_world().await;
+    let d = TestDaemon::start(&w).await;
+    let mut s = tokio::net::TcpStream::connect(d.socketmap).await.unwrap();
+    s.write_all(&netstring(b"postfix good.test")).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, netstring(GOOD.as_bytes()));
+    assert_eq!(d.ask("good.test").await, GOOD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_with_bounded_memory() {
+    let w = good_world().await;
+    let d = TestDaemon::start_with(&w, "[limits]\nrequest_timeout = \"2s\"\n").await;
+    d.ask("good.test").await;
+    let rss0 = rss_kib();
+    let mut s = tokio::net::TcpStream::connect(d.socketmap).await.unwrap();
+    let frame = netstring(b"postfix good.test");
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0usize;
+    // Never read: replies pile up until the daemon's write times out and it closes.
+    let cut = loop {
+        match tokio::time::timeout(Duration::from_secs(15), s.write_all(&batch)).await {
+            Ok(Ok(())) => sent += 1000,
+            Ok(Err(_)) => break start.elapsed(),
+            Err(_) => panic!("still not disconnected after {sent} requests"),
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            panic!("not disconnected within 30 s");
+        }
+    };
+    let grown = rss_kib().saturating_sub(rss0);
+    eprintln!(
+        "non-reading client: disconnected after {cut:?} and {sent} requests; RSS grew {grown} KiB"
+    );
+    assert!(grown < 64 * 1024, "memory grew {grown} KiB");
+    assert_eq!(d.ask("good.test").await, GOOD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_close_storm_does_not_disturb_others() {
+    let w = good_world().await;
+    let d = TestDaemon::start(&w).await;
+    let addr = d.socketmap;
+    let storm = tokio::spawn(async move {
+        // 1,000 connect/close per second for three seconds.
+        let start = Instant::now();
+        let mut n = 0u32;
+        while n < 3000 {
+            let due = start + Duration::from_millis(u64::from(n));
+            tokio::time::sleep_until(due.into()).await;
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                drop(s);
+            }
+            n += 1;
+        }
+        start.elapsed()
+    });
+    let mut good = d.socketmap().await;
+    let mut lat = Vec::new();
+    while !storm.is_finished() {
+        lat.extend(probe(&mut good, 20).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = storm.await.unwrap();
+    lat.sort();
+    let p99 = lat[lat.len() * 99 / 100];
+    eprintln!(
+        "3,000 connect/close in {took:?}; {} hits meanwhile, p99 {p99:?}",
+        lat.len()
+    );
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+}
