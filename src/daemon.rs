@@ -59,6 +59,8 @@ struct Running {
 }
 
 pub struct Daemon {
+    /// Held for the daemon's life: one instance per state directory.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     resolver: Arc<Resolver>,
     store: Store,
     shared: Arc<Shared>,
@@ -93,6 +95,7 @@ impl Daemon {
         // The cache is loaded before any listener exists, so the first lookup already sees every
         // policy that was ever answered (warm restart).
         let started = tokio::time::Instant::now();
+        let lock = lock_state_dir(&config.cache.dir).map_err(StartError)?;
         let dir = config.cache.dir.clone();
         let now = opts.clock.now();
         let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
@@ -230,6 +233,7 @@ impl Daemon {
         });
         let (tx, rx) = watch::channel(false);
         let mut daemon = Daemon {
+            _lock: lock,
             resolver: resolver.clone(),
             store: store.clone(),
             shared: shared.clone(),
@@ -504,6 +508,49 @@ impl Daemon {
             error!(error = %e, "policy cache: final flush failed");
         }
     }
+}
+
+/// Takes `<dir>/lock` exclusively: two daemons appending to one journal would corrupt each
+/// other's view of the cache. Creates the directory (0700) when missing.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("state directory {}: cannot create: {e}", dir.display()))?;
+    }
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| {
+            format!(
+                "state directory {}: cannot open {}: {e}",
+                dir.display(),
+                path.display()
+            )
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            format!(
+                "state directory {} is in use by another mta-sts-policyd (lock {} held); \
+                 give each instance its own [cache] dir",
+                dir.display(),
+                path.display()
+            )
+        } else {
+            format!(
+                "state directory {}: cannot lock {}: {e}",
+                dir.display(),
+                path.display()
+            )
+        }
+    })
 }
 
 fn settings(config: &Config) -> Settings {

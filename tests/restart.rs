@@ -54,3 +54,61 @@ async fn sigkill_right_after_the_first_answer_loses_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn one_daemon_per_state_directory_and_clear_errors() {
+    let w = World::start().await;
+    let text = config_text(&w, "");
+    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
+    let _first = common::harness::TestDaemon::from_config(cfg.clone()).await;
+    // A second instance on the same state directory is refused, naming it.
+    let cfg2 = mta_sts_policyd::config::Config::parse(
+        &text.replace(
+            &w.dir().join("control.sock").display().to_string(),
+            &w.dir().join("control2.sock").display().to_string(),
+        ),
+        None,
+    )
+    .unwrap();
+    let err = start_err(cfg2).await;
+    assert!(err.contains("in use by another mta-sts-policyd"), "{err}");
+    assert!(
+        err.contains(&w.dir().join("state").display().to_string()),
+        "{err}"
+    );
+
+    // A state directory that cannot be created: the error names the path.
+    let file = w.dir().join("plainfile");
+    std::fs::write(&file, "x").unwrap();
+    let bad = file.join("state");
+    let cfg3 = mta_sts_policyd::config::Config::parse(
+        &text
+            .replace(
+                &w.dir().join("state").display().to_string(),
+                &bad.display().to_string(),
+            )
+            .replace(
+                &w.dir().join("control.sock").display().to_string(),
+                &w.dir().join("control3.sock").display().to_string(),
+            ),
+        None,
+    )
+    .unwrap();
+    let err = start_err(cfg3).await;
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+}
+
+async fn start_err(cfg: mta_sts_policyd::config::Config) -> String {
+    use std::sync::Arc;
+    let dns = mta_sts_policyd::dns::Dns::new(&cfg.dns).unwrap();
+    let fetcher = mta_sts_policyd::fetch::Fetcher::new(&cfg.https, dns.clone()).unwrap();
+    let source = Arc::new(mta_sts_policyd::source::NetSource::new(dns, fetcher));
+    let opts = mta_sts_policyd::daemon::Options::new(
+        source,
+        Arc::new(mta_sts_policyd::clock::SystemClock),
+    );
+    match mta_sts_policyd::daemon::Daemon::start(Arc::new(cfg), opts).await {
+        Ok(_) => panic!("the daemon started"),
+        Err(e) => e.to_string(),
+    }
+}
