@@ -7,3 +7,5 @@
 pub mod world;
 pub use world::*;
 pub mod harness;
+pub mod hostile_https;
+pub mod rawdns;
