@@ -477,7 +477,7 @@ fn seed_record(i: u64, now: SystemTime) -> Record {
     );
     let policy = parse_policy(body.as_bytes()).expect("seed policy parses");
     Record::Policy {
-        domain,
+        domain: domain.into(),
         entry: Arc::new(PolicyEntry::new("seed1".into(), policy, now)),
     }
 }

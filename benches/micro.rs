@@ -331,7 +331,7 @@ fn resolver(n: usize) -> Arc<Resolver> {
     );
     let e = entry();
     for i in 0..n {
-        resolver.preload(&domain(i), e.clone());
+        resolver.preload(domain(i).into(), e.clone());
     }
     assert_eq!(resolver.cache().len(), n);
     Arc::new(resolver)

@@ -34,7 +34,7 @@ fn record(i: usize, now: SystemTime) -> Record {
     let fetched = now - Duration::from_secs((i % 86_400) as u64);
     let id = format!("20240{}T{:06}", i % 10, i);
     Record::Policy {
-        domain,
+        domain: domain.into(),
         entry: Arc::new(PolicyEntry::new(id, policy, fetched)),
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::policy::{Mode, MxPattern, Policy};
+use crate::policy::{Mode, Mx, MxList, MxPattern, Policy};
 
 /// How policies are turned into answers; set by the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub fn render_fitting(
 
 // Spec E4: policy order, no duplicates (first occurrence kept). Patterns are lowercase already,
 // so equal patterns are exactly the equal match= and mx_host_pattern entries.
-fn unique_patterns(mx: &[MxPattern]) -> Vec<&MxPattern> {
+fn unique_patterns(mx: &MxList) -> Vec<Mx<'_>> {
     let mut seen = HashSet::new();
     mx.iter().filter(|p| seen.insert(*p)).collect()
 }
@@ -348,7 +348,7 @@ mod tests {
     fn spec_e4_never_an_empty_match_list() {
         // A parsed enforce policy always has mx; guard against hand-built ones anyway.
         let mut p = policy(RFC_EXAMPLE);
-        p.mx.clear();
+        p.mx = MxList::default();
         assert_eq!(render("example.com", &p, &Profile::default(), false), None);
         assert_eq!(render("example.com", &p, &Profile::default(), true), None);
         assert_eq!(

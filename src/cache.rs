@@ -19,28 +19,33 @@ use crate::policy::{Mode, Policy};
 /// A policy as fetched: immutable once made, shared by `Arc` with every lookup that answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyEntry {
-    /// The `_mta-sts` TXT id it was fetched under (RFC 8461 §3.1).
-    pub id: String,
+    /// The `_mta-sts` TXT id it was fetched under (RFC 8461 §3.1). Boxed: no spare capacity.
+    pub id: Box<str>,
     pub policy: Policy,
     pub fetched: SystemTime,
-    /// `fetched + max_age` (RFC 8461 §3.2: "from last policy fetch time").
-    pub expires: SystemTime,
 }
 
 impl PolicyEntry {
     pub fn new(id: String, policy: Policy, fetched: SystemTime) -> PolicyEntry {
-        let expires = fetched + Duration::from_secs(u64::from(policy.max_age));
         PolicyEntry {
-            id,
+            id: id.into_boxed_str(),
             policy,
             fetched,
-            expires,
         }
+    }
+
+    /// `fetched + max_age` (RFC 8461 §3.2: "from last policy fetch time"). Computed, not
+    /// stored: one entry is kept per cached domain. A sum past the end of time (only a corrupt
+    /// clock could make one) reads as expired at once, the safe side.
+    pub fn expires(&self) -> SystemTime {
+        self.fetched
+            .checked_add(Duration::from_secs(u64::from(self.policy.max_age)))
+            .unwrap_or(self.fetched)
     }
 
     /// RFC 8461 §3.2 / spec A5.2: valid while `now < fetched + max_age`.
     pub fn is_valid(&self, now: SystemTime) -> bool {
-        now < self.expires
+        now < self.expires()
     }
 }
 
@@ -51,8 +56,9 @@ enum Slot {
         next_check: SystemTime,
         /// Refresh failures in a row (for back-off and rate-limited warnings).
         failures: u32,
-        /// The last refresh failure and when it happened, for operators.
-        last_error: Option<(SystemTime, Arc<str>)>,
+        /// The last refresh failure and when it happened, for operators. Boxed: rare, and a
+        /// pointer keeps every slot of a large cache 24 bytes smaller.
+        last_error: Option<Box<(SystemTime, Arc<str>)>>,
         usage: Usage,
     },
     Negative {
@@ -98,7 +104,7 @@ fn view(slot: &Slot) -> EntryView {
             entry: entry.clone(),
             next_check: *next_check,
             failures: *failures,
-            last_error: last_error.clone(),
+            last_error: last_error.as_deref().cloned(),
             hits: usage.hits.load(Ordering::Relaxed),
         }),
         Slot::Negative {
@@ -184,7 +190,9 @@ pub enum EntryView {
 /// 64 samples make evicting a frequently used policy very unlikely.
 const EVICTION_SAMPLE: usize = 64;
 
-type Slots = HashMap<Box<str>, Slot>;
+/// Keyed by `Arc<str>` so that the refresh schedule and the store's index share the one copy
+/// of each domain name (a cache of 100,000 policies would otherwise hold it three times).
+type Slots = HashMap<Arc<str>, Slot>;
 
 pub struct Cache {
     slots: RwLock<Slots>,
@@ -283,15 +291,27 @@ impl Cache {
         next_check: SystemTime,
         now: SystemTime,
     ) -> Option<Arc<PolicyEntry>> {
+        let key = self.key(domain).unwrap_or_else(|| domain.into());
+        self.insert_policy_shared(key, entry, next_check, now)
+    }
+
+    /// [`Cache::insert_policy`] with the caller's copy of the domain name as the key.
+    pub fn insert_policy_shared(
+        &self,
+        domain: Arc<str>,
+        entry: Arc<PolicyEntry>,
+        next_check: SystemTime,
+        now: SystemTime,
+    ) -> Option<Arc<PolicyEntry>> {
         let mut slots = self.write();
-        self.make_room(&mut slots, domain, now);
+        self.make_room(&mut slots, &domain, now);
         let usage = Usage::at(now);
-        if let Some(old) = slots.get(domain) {
+        if let Some(old) = slots.get(&domain) {
             let hits = old.usage().hits.load(Ordering::Relaxed);
             usage.hits.store(hits, Ordering::Relaxed);
         }
         let old = slots.insert(
-            domain.into(),
+            domain,
             Slot::Policy {
                 entry,
                 next_check,
@@ -356,7 +376,7 @@ impl Cache {
                 match error {
                     Some(e) => {
                         *failures = failures.saturating_add(1);
-                        *last_error = Some((now, e.into()));
+                        *last_error = Some(Box::new((now, e.into())));
                     }
                     None => *failures = 0,
                 }
@@ -364,6 +384,19 @@ impl Cache {
             }
             _ => 0,
         }
+    }
+
+    /// Makes room for `additional` more entries at once (start-up: see `store::scan` on why
+    /// growing by doubling costs resident memory).
+    pub fn reserve(&self, additional: usize) {
+        let mut slots = self.write();
+        let room = self.capacity.saturating_sub(slots.len()).min(additional);
+        slots.reserve(room);
+    }
+
+    /// The cache's own copy of a domain name, to share rather than copy.
+    pub fn key(&self, domain: &str) -> Option<Arc<str>> {
+        self.read().get_key_value(domain).map(|(k, _)| k.clone())
     }
 
     /// Removes a domain; true if it was there.
@@ -394,7 +427,7 @@ impl Cache {
                         Mode::Testing => c.testing += 1,
                         Mode::None => c.none += 1,
                     }
-                    if entry.expires <= day {
+                    if entry.expires() <= day {
                         c.expiring_within_day += 1;
                     }
                 }
@@ -530,8 +563,8 @@ mod tests {
         let old = c
             .insert_policy("d.test", entry("b", 100, t0), t0, t0)
             .unwrap();
-        assert_eq!(old.id, "a");
-        assert_eq!(c.valid_policy("d.test", t0).unwrap().id, "b");
+        assert_eq!(&*old.id, "a");
+        assert_eq!(c.valid_policy("d.test", t0).unwrap().id.as_ref(), "b");
     }
 
     #[test]

@@ -330,12 +330,12 @@ fn list(ctl: &Control, req: &Value) -> Value {
         let row = match &view {
             EntryView::Policy(p) if p.entry.is_valid(now) => {
                 if mode.is_some_and(|m| m != p.entry.policy.mode.as_str())
-                    || within.is_some_and(|t| p.entry.expires > t)
+                    || within.is_some_and(|t| p.entry.expires() > t)
                 {
                     continue;
                 }
                 json!({"domain": domain, "kind": "policy", "mode": p.entry.policy.mode.as_str(),
-                       "id": p.entry.id, "expires": time(p.entry.expires),
+                       "id": p.entry.id, "expires": time(p.entry.expires()),
                        "next_check": time(p.next_check), "failures": p.failures, "hits": p.hits})
             }
             EntryView::Negative {
@@ -397,7 +397,7 @@ fn show(ctl: &Control, domain: &str) -> Value {
             );
             out["policy"] = json!(e.policy.to_text());
             out["fetched"] = time(e.fetched);
-            out["expires"] = time(e.expires);
+            out["expires"] = time(e.expires());
             out["next_check"] = time(p.next_check);
             out["failures"] = json!(p.failures);
             out["last_error"] = match &p.last_error {

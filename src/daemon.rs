@@ -113,16 +113,19 @@ impl Daemon {
         )
         .with_store(store.clone())
         .with_metrics(metrics.clone());
-        for (domain, entry) in &loaded.policies {
-            resolver.preload(domain, entry.clone());
+        let (policies, negatives) = (loaded.policies.len(), loaded.negatives.len());
+        resolver.reserve(policies + negatives);
+        // By value: the domain names move on into the cache (shared with the store's index).
+        for (domain, entry) in loaded.policies {
+            resolver.preload(domain, entry);
         }
-        for (domain, reason, until) in &loaded.negatives {
-            resolver.preload_negative(domain, reason, *until);
+        for (domain, reason, until) in loaded.negatives {
+            resolver.preload_negative(&domain, &reason, until);
         }
         info!(
             dir = %config.cache.dir.display(),
-            policies = loaded.policies.len(),
-            negatives = loaded.negatives.len(),
+            policies,
+            negatives,
             expired = loaded.expired,
             skipped = loaded.skipped,
             bytes = loaded.bytes,

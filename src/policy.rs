@@ -261,7 +261,128 @@ pub fn parse_sts_record(text: &str) -> Result<StsRecord, String> {
 pub struct MxPattern {
     wildcard: bool,
     /// Lowercase, without the `*.` prefix.
-    domain: String,
+    domain: Box<str>,
+}
+
+/// A borrowed `mx` pattern, as [`MxList`] hands them out: the same checks and forms as
+/// [`MxPattern`], without an allocation of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mx<'a> {
+    wildcard: bool,
+    /// Lowercase, without the `*.` prefix.
+    domain: &'a str,
+}
+
+impl<'a> Mx<'a> {
+    /// From a policy form that [`MxPattern::parse`] produced (so already valid and lowercase).
+    fn from_policy_form(form: &'a str) -> Mx<'a> {
+        match form.strip_prefix("*.") {
+            Some(domain) => Mx {
+                wildcard: true,
+                domain,
+            },
+            None => Mx {
+                wildcard: false,
+                domain: form,
+            },
+        }
+    }
+
+    #[must_use]
+    pub fn is_wildcard(self) -> bool {
+        self.wildcard
+    }
+
+    /// The RFC form (`*.example.net` / `mail.example.com`), as Postfix wants it in
+    /// `mx_host_pattern` (spec B1).
+    #[must_use]
+    pub fn policy_form(self) -> String {
+        if self.wildcard {
+            format!("*.{}", self.domain)
+        } else {
+            self.domain.to_string()
+        }
+    }
+
+    /// The Postfix `match=` form (`.example.net` / `mail.example.com`, spec E3). Postfix's
+    /// `.example.net` is wider than RFC 8461 (any number of labels); only Postfix >= 3.10.5 with
+    /// `mx_host_pattern` restores exact semantics (spec E7).
+    #[must_use]
+    pub fn match_form(self) -> String {
+        if self.wildcard {
+            format!(".{}", self.domain)
+        } else {
+            self.domain.to_string()
+        }
+    }
+
+    /// Whether an MX host name satisfies this pattern (RFC 8461 §4.1 and the Appendix B
+    /// reference code): literal equality, or exactly one extra left-most label for a wildcard.
+    /// Case-insensitive; one trailing dot on `host` (DNS absolute form) is ignored.
+    #[must_use]
+    pub fn matches(self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if !self.wildcard {
+            return host.eq_ignore_ascii_case(self.domain);
+        }
+        // RFC 8461 §4.1: "*" matches the entire left-most label only, so "example.net" and
+        // "a.b.example.net" do not match "*.example.net".
+        match host.split_once('.') {
+            Some((label, parent)) => {
+                !label.is_empty()
+                    && !label.contains('*')
+                    && parent.eq_ignore_ascii_case(self.domain)
+            }
+            None => false,
+        }
+    }
+}
+
+/// A policy's `mx` patterns in file order (duplicates kept), in one allocation: each policy
+/// form followed by a line feed. A cache of 100,000 policies would otherwise spend three
+/// allocations per policy on them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MxList(Box<str>);
+
+impl MxList {
+    /// One exact allocation: this runs for every policy loaded at start-up, and growing a string
+    /// would leave freed fragments between the long-lived ones.
+    fn from_checked(patterns: &[Mx<'_>]) -> MxList {
+        let len = patterns
+            .iter()
+            .map(|p| p.domain.len() + if p.wildcard { 3 } else { 1 })
+            .sum();
+        let mut s = String::with_capacity(len);
+        for p in patterns {
+            if p.wildcard {
+                s.push_str("*.");
+            }
+            s.extend(p.domain.chars().map(|c| c.to_ascii_lowercase()));
+            s.push('\n');
+        }
+        MxList(s.into_boxed_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Mx<'_>> + Clone {
+        self.0.lines().map(Mx::from_policy_form)
+    }
+
+    /// The `i`-th pattern in file order.
+    pub fn get(&self, i: usize) -> Option<Mx<'_>> {
+        self.iter().nth(i)
+    }
+
+    pub fn contains(&self, m: Mx<'_>) -> bool {
+        self.iter().any(|x| x == m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl MxPattern {
@@ -275,6 +396,50 @@ impl MxPattern {
     /// # Errors
     /// A sentence saying what is wrong with the pattern.
     pub fn parse(s: &str) -> Result<MxPattern, String> {
+        let mx = Mx::check(s)?;
+        Ok(MxPattern {
+            wildcard: mx.wildcard,
+            domain: mx.domain.to_ascii_lowercase().into_boxed_str(),
+        })
+    }
+
+    /// The borrowed form, whose methods these are.
+    #[must_use]
+    pub fn as_mx(&self) -> Mx<'_> {
+        Mx {
+            wildcard: self.wildcard,
+            domain: &self.domain,
+        }
+    }
+
+    #[must_use]
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// See [`Mx::policy_form`].
+    #[must_use]
+    pub fn policy_form(&self) -> String {
+        self.as_mx().policy_form()
+    }
+
+    /// See [`Mx::match_form`].
+    #[must_use]
+    pub fn match_form(&self) -> String {
+        self.as_mx().match_form()
+    }
+
+    /// See [`Mx::matches`].
+    #[must_use]
+    pub fn matches(&self, host: &str) -> bool {
+        self.as_mx().matches(host)
+    }
+}
+
+impl<'a> Mx<'a> {
+    /// The checks of [`MxPattern::parse`], without an allocation: the pattern as written (not
+    /// yet lowercased).
+    fn check(s: &'a str) -> Result<Mx<'a>, String> {
         if s.is_empty() {
             return Err("empty pattern".to_owned());
         }
@@ -324,59 +489,7 @@ impl MxPattern {
                     .to_owned(),
             );
         }
-        Ok(MxPattern {
-            wildcard,
-            domain: domain.to_ascii_lowercase(),
-        })
-    }
-
-    #[must_use]
-    pub fn is_wildcard(&self) -> bool {
-        self.wildcard
-    }
-
-    /// The RFC form (`*.example.net` / `mail.example.com`), as Postfix wants it in
-    /// `mx_host_pattern` (spec B1).
-    #[must_use]
-    pub fn policy_form(&self) -> String {
-        if self.wildcard {
-            format!("*.{}", self.domain)
-        } else {
-            self.domain.clone()
-        }
-    }
-
-    /// The Postfix `match=` form (`.example.net` / `mail.example.com`, spec E3). Postfix's
-    /// `.example.net` is wider than RFC 8461 (any number of labels); only Postfix >= 3.10.5 with
-    /// `mx_host_pattern` restores exact semantics (spec E7).
-    #[must_use]
-    pub fn match_form(&self) -> String {
-        if self.wildcard {
-            format!(".{}", self.domain)
-        } else {
-            self.domain.clone()
-        }
-    }
-
-    /// Whether an MX host name satisfies this pattern (RFC 8461 §4.1 and the Appendix B
-    /// reference code): literal equality, or exactly one extra left-most label for a wildcard.
-    /// Case-insensitive; one trailing dot on `host` (DNS absolute form) is ignored.
-    #[must_use]
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        if !self.wildcard {
-            return host.eq_ignore_ascii_case(&self.domain);
-        }
-        // RFC 8461 §4.1: "*" matches the entire left-most label only, so "example.net" and
-        // "a.b.example.net" do not match "*.example.net".
-        match host.split_once('.') {
-            Some((label, parent)) => {
-                !label.is_empty()
-                    && !label.contains('*')
-                    && parent.eq_ignore_ascii_case(&self.domain)
-            }
-            None => false,
-        }
+        Ok(Mx { wildcard, domain })
     }
 }
 
@@ -416,7 +529,7 @@ pub struct Policy {
     /// The file said more than [`MAX_AGE_LIMIT`]; the caller logs it (spec A4.5).
     pub max_age_clamped: bool,
     /// All `mx` patterns in file order, duplicates kept as in the file.
-    pub mx: Vec<MxPattern>,
+    pub mx: MxList,
     /// Every non-empty line as (key, trimmed value), in file order, duplicates and unknown fields
     /// included: the TLSRPT `policy-string` (RFC 8460 §4.5) and the persisted form need them.
     pub lines: PolicyLines,
@@ -429,8 +542,10 @@ pub struct Policy {
 pub struct PolicyLines(Box<str>);
 
 impl PolicyLines {
-    fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> PolicyLines {
-        let mut s = String::new();
+    /// One exact allocation (see [`MxList::from_checked`]).
+    fn from_pairs(pairs: &[(&str, &str)]) -> PolicyLines {
+        let len = pairs.iter().map(|(k, v)| k.len() + v.len() + 3).sum();
+        let mut s = String::with_capacity(len);
         for (k, v) in pairs {
             s.push_str(k);
             s.push_str(": ");
@@ -674,13 +789,11 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
                 })?);
             }
             // RFC 8461 §3.2: mx repeats; each one must be a valid pattern, whatever the mode.
-            "mx" => mx.push(
-                MxPattern::parse(value).map_err(|reason| PolicyError::BadMx {
-                    line: line_no,
-                    value: value.to_owned(),
-                    reason,
-                })?,
-            ),
+            "mx" => mx.push(Mx::check(value).map_err(|reason| PolicyError::BadMx {
+                line: line_no,
+                value: value.to_owned(),
+                reason,
+            })?),
             // Unknown fields and later duplicates (RFC 8461 §3.2: "SHALL be ignored").
             _ => {}
         }
@@ -700,8 +813,8 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         mode,
         max_age,
         max_age_clamped,
-        mx,
-        lines: PolicyLines::from_pairs(lines),
+        mx: MxList::from_checked(&mx),
+        lines: PolicyLines::from_pairs(&lines),
     })
 }
 
@@ -779,7 +892,7 @@ pub(crate) mod tests {
     }
 
     fn forms(p: &Policy) -> Vec<String> {
-        p.mx.iter().map(MxPattern::policy_form).collect()
+        p.mx.iter().map(Mx::policy_form).collect()
     }
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1219,8 +1332,12 @@ pub(crate) mod tests {
             forms(&p),
             ["gmail-smtp-in.l.google.com", "*.gmail-smtp-in.l.google.com"]
         );
-        assert!(p.mx[1].matches("alt1.gmail-smtp-in.l.google.com"));
-        assert!(!p.mx[1].matches("gmail-smtp-in.l.google.com"));
+        assert!(
+            p.mx.get(1)
+                .unwrap()
+                .matches("alt1.gmail-smtp-in.l.google.com")
+        );
+        assert!(!p.mx.get(1).unwrap().matches("gmail-smtp-in.l.google.com"));
     }
 
     #[test]

@@ -125,7 +125,7 @@ mod tests {
         for i in 0..2000 {
             let p = parse_policy(week.as_bytes()).unwrap();
             r.preload(
-                &format!("d{i}.test"),
+                format!("d{i}.test").into(),
                 Arc::new(PolicyEntry::new("one".into(), p, now)),
             );
         }
@@ -159,8 +159,11 @@ mod tests {
         let Resolution::Policy(e) = resolve(&r, "example.test").await else {
             panic!("policy lost");
         };
-        assert_eq!(e.policy.mx[0].policy_form(), "mx2.example.test");
-        assert_eq!(e.id, "one", "kept under the cached id");
+        assert_eq!(
+            e.policy.mx.get(0).unwrap().policy_form(),
+            "mx2.example.test"
+        );
+        assert_eq!(&*e.id, "one", "kept under the cached id");
         // Valid well past the first policy's expiry (48 h).
         tokio::time::sleep(30 * HOUR).await;
         assert!(matches!(
@@ -186,7 +189,10 @@ mod tests {
         let Resolution::Policy(e) = resolve(&r, "example.test").await else {
             panic!("policy lost");
         };
-        assert_eq!(e.policy.mx[0].policy_form(), "other.example.test");
+        assert_eq!(
+            e.policy.mx.get(0).unwrap().policy_form(),
+            "other.example.test"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -75,6 +75,9 @@ pub enum Due {
     Idle,
 }
 
+/// Next check time per domain, earliest first; the domain is the cache's own `Arc`.
+type Schedule = BinaryHeap<Reverse<(SystemTime, Arc<str>)>>;
+
 pub struct Resolver {
     cache: Cache,
     source: RwLock<Arc<dyn PolicySource>>,
@@ -83,7 +86,7 @@ pub struct Resolver {
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Resolution>>>>,
     /// Next check times; stale entries (the domain was rescheduled or removed) are skipped when
     /// popped. Kept apart from the cache lock so the refresh task never scans the cache.
-    schedule: Mutex<BinaryHeap<Reverse<(SystemTime, String)>>>,
+    schedule: Mutex<Schedule>,
     wake: Notify,
     jitter_seed: std::collections::hash_map::RandomState,
     /// Where new policies and negatives are made durable before they are first answered.
@@ -249,7 +252,7 @@ impl Resolver {
         let removed = self.cache.remove(domain);
         if removed && let Some(store) = &self.store {
             store.write_nowait(Record::Remove {
-                domain: domain.to_string(),
+                domain: domain.into(),
             });
         }
         removed
@@ -287,7 +290,7 @@ impl Resolver {
             return false;
         }
         self.persist(Record::Policy {
-            domain: domain.to_string(),
+            domain: domain.into(),
             entry: entry.clone(),
         })
         .await;
@@ -299,12 +302,24 @@ impl Resolver {
 
     /// Puts a policy loaded from disk into the cache (warm restart) and spreads its first check
     /// over the refresh interval, so that a large cache loaded at once causes no thundering herd.
-    pub fn preload(&self, domain: &str, entry: Arc<PolicyEntry>) {
+    /// Makes room for `n` preloaded policies in the cache and the schedule at once.
+    pub fn reserve(&self, n: usize) {
+        self.cache.reserve(n);
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(n);
+    }
+
+    /// Takes the domain as an `Arc` so the cache and the schedule keep the caller's copy (the
+    /// store's) instead of two more.
+    pub fn preload(&self, domain: Arc<str>, entry: Arc<PolicyEntry>) {
         let now = self.clock.now();
-        let spread = self.spread(domain, self.settings().refresh_interval);
+        let spread = self.spread(&domain, self.settings().refresh_interval);
         let next = self.next_check(&entry, now).min(now + spread).max(now);
-        self.cache.insert_policy(domain, entry, next, now);
-        self.schedule_at(domain, next);
+        self.cache
+            .insert_policy_shared(domain.clone(), entry, next, now);
+        self.push_schedule(domain, next);
     }
 
     /// Puts a remembered negative loaded from disk back into the cache.
@@ -331,7 +346,7 @@ impl Resolver {
                 .policy_state(&domain)
                 .is_some_and(|s| s.next_check <= now && s.next_check == at)
             {
-                return Due::Domain(domain);
+                return Due::Domain(domain.to_string());
             }
         }
         Due::Idle
@@ -351,10 +366,15 @@ impl Resolver {
     }
 
     fn schedule_at(&self, domain: &str, at: SystemTime) {
+        let key = self.cache.key(domain).unwrap_or_else(|| domain.into());
+        self.push_schedule(key, at);
+    }
+
+    fn push_schedule(&self, domain: Arc<str>, at: SystemTime) {
         self.schedule
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Reverse((at, domain.to_string())));
+            .push(Reverse((at, domain)));
         self.wake.notify_one();
     }
 
@@ -372,7 +392,7 @@ impl Resolver {
         let interval = self.settings().refresh_interval;
         let jittered = interval.mul_f64(0.9) + self.spread(&entry.id, interval / 5);
         let before_expiry = entry
-            .expires
+            .expires()
             .checked_sub(Self::lead(entry, interval))
             .unwrap_or(now);
         (now + jittered).min(before_expiry).max(now + MIN_CHECK_GAP)
@@ -398,7 +418,7 @@ impl Resolver {
         // RFC 8461 §10.2: within the lead time before expiry, fetch whatever the TXT id says, so
         // a policy still published never drops out of the cache.
         let refetch = cached.as_ref().is_some_and(|e| {
-            let left = e.expires.duration_since(now).unwrap_or_default();
+            let left = e.expires().duration_since(now).unwrap_or_default();
             left <= Self::lead(e, self.settings().refresh_interval) + MIN_CHECK_GAP
         });
         let known = match &cached {
@@ -434,7 +454,7 @@ impl Resolver {
                 // Durable before it is first answered: the waiting lookups get it only after this
                 // (trust on first use must survive a crash, RFC 8461 §10.2).
                 self.persist(Record::Policy {
-                    domain: domain.to_string(),
+                    domain: domain.into(),
                     entry: entry.clone(),
                 })
                 .await;
@@ -474,7 +494,7 @@ impl Resolver {
                         .insert_negative(domain, &reason, false, now, until)
                     {
                         self.persist(Record::Negative {
-                            domain: domain.to_string(),
+                            domain: domain.into(),
                             reason,
                             until,
                         })
@@ -497,7 +517,7 @@ impl Resolver {
                         self.cache.remove(domain);
                         if let Some(store) = &self.store {
                             store.write_nowait(Record::Remove {
-                                domain: domain.to_string(),
+                                domain: domain.into(),
                             });
                         }
                     }
@@ -534,12 +554,12 @@ impl Resolver {
             return Resolution::NoPolicy;
         };
         let failures = state.map(|s| s.failures + 1).unwrap_or(1);
-        let next = (now + Self::backoff(failures)).min(e.expires.max(now + MIN_CHECK_GAP));
+        let next = (now + Self::backoff(failures)).min(e.expires().max(now + MIN_CHECK_GAP));
         let failures = self.cache.record_check(domain, next, now, Some(&failure));
         self.schedule_at(domain, next);
         if failures == 1 || failures.is_multiple_of(16) {
             warn!(domain, id = e.id, failures, reason = failure,
-                  expires = %rfc3339(e.expires),
+                  expires = %rfc3339(e.expires()),
                   "refresh failed; keeping the cached policy until it expires");
         } else {
             debug!(domain, failures, reason = failure, "refresh failed again");
@@ -658,7 +678,7 @@ pub(crate) mod tests {
 
     pub(crate) fn id_of(r: &Resolution) -> Option<String> {
         match r {
-            Resolution::Policy(e) => Some(e.id.clone()),
+            Resolution::Policy(e) => Some(e.id.to_string()),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@ use tokio_util::codec::Decoder;
 
 use mta_sts_policyd::answer::{self, Profile, Rendered};
 use mta_sts_policyd::key;
-use mta_sts_policyd::policy::{self, MAX_AGE_LIMIT, MAX_POLICY_BYTES, Mode, MxPattern, Policy};
+use mta_sts_policyd::policy::{self, MAX_AGE_LIMIT, MAX_POLICY_BYTES, Mode, Mx, MxPattern, Policy};
 use mta_sts_policyd::proto::Reply;
 use mta_sts_policyd::proto::socketmap::{self, SocketmapCodec};
 use mta_sts_policyd::proto::tcp_table::{self, TcpTableCodec};
@@ -379,11 +379,11 @@ pub fn assert_policy_invariants(p: &Policy) {
         assert!(!p.mx.is_empty(), "mode {} without mx", p.mode);
     }
     assert!(p.max_age <= MAX_AGE_LIMIT);
-    for m in &p.mx {
+    for m in p.mx.iter() {
         let form = m.policy_form();
         assert_eq!(form, form.to_ascii_lowercase(), "mx pattern not lowercase");
         assert_eq!(
-            MxPattern::parse(&form).as_ref(),
+            MxPattern::parse(&form).as_ref().map(MxPattern::as_mx),
             Ok(m),
             "mx {form:?} does not re-parse"
         );
@@ -638,7 +638,7 @@ pub fn assert_valid_answer(value: &str, domain: &str, policy: &Policy, profile: 
     }
 }
 
-fn unique(policy: &Policy) -> Vec<&MxPattern> {
+fn unique(policy: &Policy) -> Vec<Mx<'_>> {
     let mut seen = std::collections::HashSet::new();
     policy.mx.iter().filter(|m| seen.insert(*m)).collect()
 }
@@ -785,7 +785,7 @@ pub fn check_store(journal: &[u8], now: SystemTime) {
     for (domain, e) in &first.policies {
         assert!(e.is_valid(now), "{domain}: expired policy loaded");
         assert_eq!(
-            e.expires,
+            e.expires(),
             e.fetched + Duration::from_secs(u64::from(e.policy.max_age))
         );
         assert_policy_invariants(&e.policy);
