@@ -1,7 +1,9 @@
 //! Lookup latency over one persistent socketmap connection, as one Postfix smtp(8) process sees
 //! it: the daemon answering from its cache, side by side with a null responder (same framing, a
-//! fixed answer, no cache) in the same run; and the first (cold) lookup of a domain in the
-//! offline test world (TXT query + HTTPS fetch on loopback).
+//! fixed answer, no cache) in the same run; the same cached lookups while 100 policy fetches
+//! hang on a slow policy host (issue 5: hits must keep their p99), interleaved with quiet rounds;
+//! and the first (cold) lookup of a domain in the offline test world (TXT query + HTTPS fetch
+//! on loopback).
 //!
 //! Run: `cargo bench --bench lookup_latency` (release build). Prints p50/p90/p99/p99.9/max.
 
@@ -10,13 +12,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::World;
 use common::harness::{SocketmapClient, TestDaemon, enforce_body, netstring};
+use common::{Http, World};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const CACHED_QUERIES: usize = 20_000;
 const COLD_DOMAINS: usize = 200;
+/// Lookups hanging on a policy host that accepts TLS and never answers, per round.
+const HANGING: usize = 100;
+const ROUNDS: usize = 4;
 
 fn report(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
@@ -96,6 +101,15 @@ fn main() {
             w.good_domain(&d, "1", &enforce_body(&["mx.good.test"]))
                 .await;
         }
+        // Fresh hanging domains every round: a failed fetch is remembered (back-off), so a
+        // domain hangs only once.
+        for r in 0..ROUNDS {
+            for i in 0..HANGING {
+                let d = format!("hang{r}-{i}.test");
+                w.set_sts(&d, "1").await;
+                w.set_http(&d, Http::Hang).await;
+            }
+        }
         let d = TestDaemon::start(&w).await;
         let null = null_responder().await;
 
@@ -112,13 +126,38 @@ fn main() {
         c.query("postfix", b"good.test").await;
         let mut daemon_hits = Vec::new();
         let mut null_hits = Vec::new();
-        for _ in 0..4 {
-            null_hits.extend(loop_queries(null, b"good.test", CACHED_QUERIES / 4).await);
-            daemon_hits.extend(loop_queries(d.socketmap, b"good.test", CACHED_QUERIES / 4).await);
+        let mut hanging_hits = Vec::new();
+        for r in 0..ROUNDS {
+            null_hits.extend(loop_queries(null, b"good.test", CACHED_QUERIES / ROUNDS).await);
+            daemon_hits
+                .extend(loop_queries(d.socketmap, b"good.test", CACHED_QUERIES / ROUNDS).await);
+            let hung: Vec<_> = (0..HANGING)
+                .map(|i| {
+                    let addr = d.socketmap;
+                    tokio::spawn(async move {
+                        let mut c = SocketmapClient::connect(addr).await;
+                        c.query("postfix", format!("hang{r}-{i}.test").as_bytes())
+                            .await
+                    })
+                })
+                .collect();
+            // Let every fetch reach the silent policy host before measuring.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            hanging_hits
+                .extend(loop_queries(d.socketmap, b"good.test", CACHED_QUERIES / ROUNDS).await);
+            assert!(
+                hung.iter().all(|h| !h.is_finished()),
+                "the hanging lookups ended before the measurement did"
+            );
+            for h in hung {
+                let r = h.await.unwrap();
+                assert!(r.starts_with("NOTFOUND"), "{r}");
+            }
         }
         println!("one persistent socketmap connection, one request at a time, loopback:");
         report("null responder (baseline)", null_hits);
         report("daemon, cached policy", daemon_hits);
+        report(&format!("  same, {HANGING} fetches hanging"), hanging_hits);
         report("daemon, first lookup (TXT+HTTPS)", cold);
     });
 }

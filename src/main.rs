@@ -261,6 +261,37 @@ fn net_source(config: &Config) -> Result<Arc<dyn PolicySource>, String> {
     Ok(Arc::new(NetSource::new(dns, fetcher)))
 }
 
+/// Descriptors the daemon needs besides client connections: listeners, the journal, the
+/// control socket, DNS queries and policy fetches in flight.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the open-files limit and says when `limits.max_connections` cannot be reached, so an
+/// operator learns it from the log at start rather than from EMFILE under load.
+fn check_open_files(config: &Config) {
+    let max = config.limits.max_connections as u64;
+    match service::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if after != before {
+                info!(
+                    from = before,
+                    to = after,
+                    "raised the open files limit (RLIMIT_NOFILE)"
+                );
+            }
+            if max + FD_RESERVE > after {
+                warn!(
+                    limit = after,
+                    max_connections = max,
+                    "limits.max_connections plus {FD_RESERVE} for the daemon's own sockets exceeds \
+                     the open files limit: connections past it are refused (accept backs off on \
+                     EMFILE); raise LimitNOFILE / ulimit -n or lower limits.max_connections"
+                );
+            }
+        }
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
 async fn serve(
     config: Arc<Config>,
     path: PathBuf,
@@ -282,6 +313,7 @@ async fn serve(
             return ExitCode::from(EX_CONFIG);
         }
     };
+    check_open_files(&config);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let mut opts = Options::new(source, Arc::new(SystemClock));
     opts.activated = activated;

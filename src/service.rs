@@ -549,6 +549,21 @@ fn classify(fd: OwnedFd) -> Result<InheritedListener, String> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go programs (postfix-tlspol) and
+/// most servers do: outside systemd (whose unit sets `LimitNOFILE`) the soft limit is often
+/// 1024, below the default `limits.max_connections`. Returns (before, after).
+pub fn raise_open_files_limit() -> Result<(u64, u64), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
+    if soft >= hard {
+        return Ok((soft, soft));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))?;
+    Ok((soft, hard))
+}
+
 /// Switches the whole process (every thread: glibc's setuid/setgid apply process-wide) to
 /// `user` and `group` (default: the user's primary group), after handing `owned` paths (the
 /// state directory, the journal, the unix sockets) to them. Only root can do this; a process

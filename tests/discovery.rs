@@ -443,12 +443,20 @@ async fn hanging_policy_host_answers_within_deadline_and_others_meanwhile() {
 
 #[tokio::test]
 async fn concurrent_cold_lookups_share_one_discovery() {
+    // 1,000 clients, each on its own connection like 1,000 smtp(8) processes; the daemon is in
+    // this process, so both ends count against our descriptors.
+    const CLIENTS: usize = 1_000;
+    let limit = common::raise_fd_limit(2 * CLIENTS as u64 + 500);
+    assert!(
+        limit >= 2 * CLIENTS as u64 + 200,
+        "open files limit {limit} is too low for {CLIENTS} loopback connections"
+    );
     let w = World::start().await;
     w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
         .await;
     let d = TestDaemon::start(&w).await;
     let mut tasks = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..CLIENTS {
         let addr = d.socketmap;
         tasks.push(tokio::spawn(async move {
             let mut c = common::harness::SocketmapClient::connect(addr).await;

@@ -9,3 +9,25 @@ pub use world::*;
 pub mod harness;
 pub mod hostile_https;
 pub mod rawdns;
+
+/// Raises this process's soft open-files limit towards `want` (to the hard limit; as root, the
+/// hard limit too) and returns the soft limit now in force. Tests that hold thousands of
+/// sockets call it instead of quietly testing fewer.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return want;
+    }
+    let target = want.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        target
+    } else {
+        soft
+    }
+}
