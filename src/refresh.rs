@@ -145,6 +145,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_round_of_100_000_loaded_entries_never_exceeds_the_concurrency() {
+        // Issue 5: checks slower than they arrive (60 s each, ~1.2 due per second), so the
+        // refresh task is saturated for the whole day and the bound is what limits it.
+        let fake = Arc::new(FakeSource::default());
+        fake.set_id("one");
+        fake.set_delay(Duration::from_secs(60));
+        let r = resolver(&fake);
+        let week = policy("enforce", 604_800);
+        let now = r.clock().now();
+        for i in 0..100_000 {
+            let p = parse_policy(week.as_bytes()).unwrap();
+            r.preload(
+                format!("d{i}.test").into(),
+                Arc::new(PolicyEntry::new("one".into(), p, now)),
+            );
+        }
+        let _stop = start(&r, 16);
+        tokio::time::sleep(25 * HOUR).await;
+        let (txt, _) = fake.calls();
+        // 16 at a time for 25 h at 60 s each: about 24,000 checks.
+        assert!((20_000..=24_100).contains(&txt), "{txt} checks");
+        assert_eq!(fake.max_running.load(Ordering::SeqCst), 16);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rfc8461_10_2_refetched_before_expiry_even_when_the_txt_record_is_gone() {
         let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 172_800));
