@@ -1779,7 +1779,17 @@ mod tests {
         if !Path::new(bin).exists() {
             return;
         }
-        let pf = Postfix::read(bin, None).unwrap();
+        // A config directory of our own: Debian's "No configuration" install (what CI does)
+        // has no /etc/postfix/main.cf, and the machine's own settings are not the test's.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.cf"), "").unwrap();
+        std::fs::write(
+            dir.path().join("master.cf"),
+            "smtp      inet  n       -       y       -       -       smtpd\n\
+             smtp      unix  -       -       y       -       -       smtp\n",
+        )
+        .unwrap();
+        let pf = Postfix::read(bin, Some(dir.path())).unwrap();
         assert!(pf.version.is_some());
         assert!(pf.params.contains_key("smtp_tls_policy_maps"));
         assert!(pf.master.iter().any(|e| e.program() == "smtp"));
