@@ -77,6 +77,24 @@ mod tests {
         tx
     }
 
+    /// A resolver on `fake` (TXT id "one", each check taking `delay`) with `n` week-long
+    /// enforce policies loaded as at start-up.
+    fn loaded(fake: &Arc<FakeSource>, n: usize, delay: Duration) -> Arc<Resolver> {
+        fake.set_id("one");
+        fake.set_delay(delay);
+        let r = resolver(fake);
+        let week = policy("enforce", 604_800);
+        let now = r.clock().now();
+        for i in 0..n {
+            let p = parse_policy(week.as_bytes()).unwrap();
+            r.preload(
+                format!("d{i}.test").into(),
+                Arc::new(PolicyEntry::new("one".into(), p, now)),
+            );
+        }
+        r
+    }
+
     /// Captures log lines at warn and above for the current (single-threaded) test runtime.
     #[derive(Clone, Default)]
     struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -117,18 +135,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn loaded_cache_is_checked_spread_over_the_interval_within_concurrency() {
         let fake = Arc::new(FakeSource::default());
-        fake.set_id("one");
-        fake.set_delay(Duration::from_secs(2));
-        let r = resolver(&fake);
-        let week = policy("enforce", 604_800);
-        let now = r.clock().now();
-        for i in 0..2000 {
-            let p = parse_policy(week.as_bytes()).unwrap();
-            r.preload(
-                format!("d{i}.test").into(),
-                Arc::new(PolicyEntry::new("one".into(), p, now)),
-            );
-        }
+        let r = loaded(&fake, 2000, Duration::from_secs(2));
         let _stop = start(&r, 4);
         tokio::time::sleep(HOUR).await;
         let first_hour = fake.calls().0;
@@ -149,18 +156,7 @@ mod tests {
         // Issue 5: checks slower than they arrive (60 s each, ~1.2 due per second), so the
         // refresh task is saturated for the whole day and the bound is what limits it.
         let fake = Arc::new(FakeSource::default());
-        fake.set_id("one");
-        fake.set_delay(Duration::from_secs(60));
-        let r = resolver(&fake);
-        let week = policy("enforce", 604_800);
-        let now = r.clock().now();
-        for i in 0..100_000 {
-            let p = parse_policy(week.as_bytes()).unwrap();
-            r.preload(
-                format!("d{i}.test").into(),
-                Arc::new(PolicyEntry::new("one".into(), p, now)),
-            );
-        }
+        let r = loaded(&fake, 100_000, Duration::from_secs(60));
         let _stop = start(&r, 16);
         tokio::time::sleep(25 * HOUR).await;
         let (txt, _) = fake.calls();
