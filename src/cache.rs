@@ -291,11 +291,11 @@ impl Cache {
         next_check: SystemTime,
         now: SystemTime,
     ) -> Option<Arc<PolicyEntry>> {
-        let key = self.key(domain).unwrap_or_else(|| domain.into());
-        self.insert_policy_shared(key, entry, next_check, now)
+        self.insert_policy_shared(domain.into(), entry, next_check, now)
     }
 
-    /// [`Cache::insert_policy`] with the caller's copy of the domain name as the key.
+    /// [`Cache::insert_policy`] with the caller's copy of the domain name as the key. A domain
+    /// already cached keeps its key (the copy the schedule and the store may share).
     pub fn insert_policy_shared(
         &self,
         domain: Arc<str>,

@@ -269,12 +269,13 @@ pub struct MxPattern {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mx<'a> {
     wildcard: bool,
-    /// Lowercase, without the `*.` prefix.
+    /// Without the `*.` prefix; lowercase in every `Mx` an [`MxList`] hands out (only the
+    /// transient one of [`Mx::check`] keeps the case as written).
     domain: &'a str,
 }
 
 impl<'a> Mx<'a> {
-    /// From a policy form that [`MxPattern::parse`] produced (so already valid and lowercase).
+    /// From a line of an [`MxList`] (checked and lowercased when the list was built).
     fn from_policy_form(form: &'a str) -> Mx<'a> {
         match form.strip_prefix("*.") {
             Some(domain) => Mx {

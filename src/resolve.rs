@@ -300,8 +300,6 @@ impl Resolver {
         true
     }
 
-    /// Puts a policy loaded from disk into the cache (warm restart) and spreads its first check
-    /// over the refresh interval, so that a large cache loaded at once causes no thundering herd.
     /// Makes room for `n` preloaded policies in the cache and the schedule at once.
     pub fn reserve(&self, n: usize) {
         self.cache.reserve(n);
@@ -311,6 +309,8 @@ impl Resolver {
             .reserve(n);
     }
 
+    /// Puts a policy loaded from disk into the cache (warm restart) and spreads its first check
+    /// over the refresh interval, so that a large cache loaded at once causes no thundering herd.
     /// Takes the domain as an `Arc` so the cache and the schedule keep the caller's copy (the
     /// store's) instead of two more.
     pub fn preload(&self, domain: Arc<str>, entry: Arc<PolicyEntry>) {
