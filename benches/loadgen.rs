@@ -48,9 +48,9 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Decoder;
 
 use mta_sts_policyd::cache::PolicyEntry;
+use mta_sts_policyd::cache::journal::{Record, Store};
 use mta_sts_policyd::policy::parse_policy;
 use mta_sts_policyd::proto::{Reply, socketmap, tcp_table};
-use mta_sts_policyd::store::{Record, Store};
 
 /// The null responder's answer (the shape of a real policy answer).
 const NULL_ANSWER: &str = "secure match=mx.example servername=hostname";

@@ -21,11 +21,11 @@ use tokio_util::codec::Decoder;
 use mta_sts_policyd::answer::{self, Profile, Rendered};
 use mta_sts_policyd::cache::{Cache, Hit, PolicyEntry};
 use mta_sts_policyd::clock::SystemClock;
+use mta_sts_policyd::discovery::{BoxFuture, FetchError, PolicySource, TxtLookup};
 use mta_sts_policyd::key::policy_domain;
 use mta_sts_policyd::policy::{Policy, parse_policy, parse_sts_record, select_sts_record};
 use mta_sts_policyd::proto::{Reply, socketmap, tcp_table};
 use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver, Settings};
-use mta_sts_policyd::source::{BoxFuture, FetchError, PolicySource, TxtLookup};
 
 /// The example policy of RFC 8461 §3.2.
 const RFC_EXAMPLE: &str = "version: STSv1\n\

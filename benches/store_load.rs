@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mta_sts_policyd::cache::PolicyEntry;
+use mta_sts_policyd::cache::journal::{Record, Store};
 use mta_sts_policyd::policy::parse_policy;
-use mta_sts_policyd::store::{Record, Store};
 
 const ENTRIES: usize = 100_000;
 const BUDGET: Duration = Duration::from_secs(1);

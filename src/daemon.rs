@@ -15,16 +15,17 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::cache::Cache;
+use crate::cache::journal::Store;
 use crate::clock::Clock;
 use crate::config::{Config, ListenAddr};
-use crate::control::{self, Control, ReloadRequest};
+use crate::discovery::PolicySource;
 use crate::metrics::{self, Metrics};
-use crate::refresh;
+use crate::proto::Protocol;
+use crate::resolve::refresh;
 use crate::resolve::{Resolver, Settings};
-use crate::server::{self, Listener, Protocol, Shared};
+use crate::serve::control::{self, Control, ReloadRequest};
+use crate::serve::postfix::{self, Listener, Shared};
 use crate::service::Activated;
-use crate::source::PolicySource;
-use crate::store::Store;
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -138,14 +139,8 @@ impl Daemon {
         let mut activated = opts.activated.unwrap_or_default();
         let mut inherited = BTreeSet::new();
         let mut listeners: Vec<(Protocol, Option<ListenAddr>, Listener)> = Vec::new();
-        for (protocol, list) in [
-            (
-                Protocol::Socketmap,
-                std::mem::take(&mut activated.socketmap),
-            ),
-            (Protocol::TcpTable, std::mem::take(&mut activated.tcp_table)),
-        ] {
-            for l in list {
+        for protocol in Protocol::all() {
+            for l in activated.take(protocol) {
                 inherited.insert(protocol.name());
                 let l = Listener::inherited(l).map_err(|e| {
                     StartError(format!("socket activation ({}): {e}", protocol.name()))
@@ -153,10 +148,7 @@ impl Daemon {
                 listeners.push((protocol, None, l));
             }
         }
-        for (protocol, l) in [
-            (Protocol::Socketmap, &config.socketmap),
-            (Protocol::TcpTable, &config.tcp_table),
-        ] {
+        for (protocol, l) in config.listeners() {
             if inherited.contains(protocol.name()) {
                 continue;
             }
@@ -302,7 +294,7 @@ impl Daemon {
         // Logged before start() returns, so "listening" always precedes "ready".
         info!(protocol = protocol.name(), listen = %bound, inherited = configured.is_none(), "listening");
         let (stop, stop_rx) = watch::channel(false);
-        self.tasks.spawn(server::run_listener(
+        self.tasks.spawn(postfix::run_listener(
             listener,
             protocol,
             self.shared.clone(),
@@ -368,10 +360,7 @@ impl Daemon {
 
         // Listeners: bind every new one before changing anything.
         let mut wanted: Vec<(Protocol, ListenAddr, u32)> = Vec::new();
-        for (protocol, l) in [
-            (Protocol::Socketmap, &new.socketmap),
-            (Protocol::TcpTable, &new.tcp_table),
-        ] {
+        for (protocol, l) in new.listeners() {
             if self.inherited.contains(protocol.name()) {
                 continue;
             }

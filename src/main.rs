@@ -21,16 +21,16 @@ use mta_sts_policyd::cache::PolicyEntry;
 use mta_sts_policyd::check::{self, Postfix};
 use mta_sts_policyd::clock::SystemClock;
 use mta_sts_policyd::config::{self, Config, LogConfig};
-use mta_sts_policyd::control::{self, ReloadRequest};
 use mta_sts_policyd::daemon::{Daemon, Options};
+use mta_sts_policyd::discovery::dns::Dns;
+use mta_sts_policyd::discovery::https::Fetcher;
 use mta_sts_policyd::discovery::{self, Outcome};
-use mta_sts_policyd::dns::Dns;
-use mta_sts_policyd::fetch::Fetcher;
+use mta_sts_policyd::discovery::{NetSource, PolicySource};
 use mta_sts_policyd::key;
 use mta_sts_policyd::resolve::{Lookup, Resolution};
-use mta_sts_policyd::server;
+use mta_sts_policyd::serve::control::{self, ReloadRequest};
+use mta_sts_policyd::serve::postfix;
 use mta_sts_policyd::service::{self, Activated, Notifier, Signal, Signals};
-use mta_sts_policyd::source::{NetSource, PolicySource};
 
 /// sysexits.h: the command was used incorrectly.
 const EX_USAGE: u8 = 64;
@@ -672,7 +672,7 @@ fn answers(config: &Config, policy: Option<(String, Arc<PolicyEntry>)>) -> serde
             resolution: Resolution::NoPolicy,
         },
     };
-    serde_json::to_value(server::wire_answers(config, &lookup)).unwrap_or_default()
+    serde_json::to_value(postfix::wire_answers(config, &lookup)).unwrap_or_default()
 }
 
 fn print_report(

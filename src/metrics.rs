@@ -25,24 +25,8 @@ use tracing::{debug, warn};
 /// The map name unknown map names are counted under.
 pub const OTHER_MAP: &str = "other";
 
-/// The listener a lookup came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Socketmap,
-    TcpTable,
-}
-
-impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Socketmap, Protocol::TcpTable];
-
-    /// The `protocol` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Socketmap => "socketmap",
-            Protocol::TcpTable => "tcp_table",
-        }
-    }
-}
+/// The listener a lookup came in on: the `protocol` label is its registered name.
+pub use crate::proto::Protocol;
 
 /// What a lookup answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -232,7 +216,7 @@ impl Metrics {
             }
         }
         names.push(OTHER_MAP.to_string());
-        let cells = Protocol::ALL.len() * names.len() * Answer::ALL.len();
+        let cells = Protocol::COUNT * names.len() * Answer::ALL.len();
         Metrics {
             maps: names.into_boxed_slice(),
             lookups: (0..cells).map(|_| AtomicU64::new(0)).collect(),
@@ -255,8 +239,8 @@ impl Metrics {
     }
 
     fn lookup_cell(&self, protocol: Protocol, map_index: usize, answer: Answer) -> &AtomicU64 {
-        let i = ((protocol as usize) * self.maps.len() + map_index) * Answer::ALL.len()
-            + answer as usize;
+        let i =
+            (protocol.index() * self.maps.len() + map_index) * Answer::ALL.len() + answer as usize;
         &self.lookups[i]
     }
 
@@ -334,14 +318,14 @@ impl Metrics {
             "Lookups answered, by listener protocol, map name and answer.",
             Kind::Counter,
         );
-        for p in Protocol::ALL {
+        for p in Protocol::all() {
             for (mi, map) in self.maps.iter().enumerate() {
                 for a in Answer::ALL {
                     lookups.push(
                         "",
                         format!(
                             "{{protocol=\"{}\",map=\"{}\",answer=\"{}\"}}",
-                            p.label(),
+                            p.name(),
                             escape_label(map),
                             a.label()
                         ),
@@ -992,9 +976,24 @@ mod tests {
     #[test]
     fn map_names_are_escaped() {
         let m = Metrics::with_maps(&["a\"b", "c\\d", "e\nf"]);
-        m.lookup(Protocol::Socketmap, "a\"b", Answer::Found, us(1));
-        m.lookup(Protocol::Socketmap, "c\\d", Answer::Temp, us(1));
-        m.lookup(Protocol::TcpTable, "e\nf", Answer::Perm, us(1));
+        m.lookup(
+            Protocol::from_name("socketmap").expect("registered"),
+            "a\"b",
+            Answer::Found,
+            us(1),
+        );
+        m.lookup(
+            Protocol::from_name("socketmap").expect("registered"),
+            "c\\d",
+            Answer::Temp,
+            us(1),
+        );
+        m.lookup(
+            Protocol::from_name("tcp_table").expect("registered"),
+            "e\nf",
+            Answer::Perm,
+            us(1),
+        );
         let text = m.render(&Gauges::default());
         assert_eq!(
             value(
@@ -1027,14 +1026,24 @@ mod tests {
     #[test]
     fn unknown_map_is_counted_as_other() {
         let m = Metrics::with_maps(&["default", "tlsrpt"]);
-        m.lookup(Protocol::Socketmap, "invented", Answer::NotFound, us(5));
         m.lookup(
-            Protocol::Socketmap,
+            Protocol::from_name("socketmap").expect("registered"),
+            "invented",
+            Answer::NotFound,
+            us(5),
+        );
+        m.lookup(
+            Protocol::from_name("socketmap").expect("registered"),
             "also-invented",
             Answer::NotFound,
             us(5),
         );
-        m.lookup(Protocol::Socketmap, "tlsrpt", Answer::NotFound, us(5));
+        m.lookup(
+            Protocol::from_name("socketmap").expect("registered"),
+            "tlsrpt",
+            Answer::NotFound,
+            us(5),
+        );
         let snap = m.snapshot();
         assert_eq!(
             snap[r#"mta_sts_lookups_total{protocol="socketmap",map="other",answer="notfound"}"#],
@@ -1066,7 +1075,12 @@ mod tests {
             Duration::from_secs(20), // +Inf only
         ];
         for d in obs {
-            m.lookup(Protocol::TcpTable, "default", Answer::Found, d);
+            m.lookup(
+                Protocol::from_name("tcp_table").expect("registered"),
+                "default",
+                Answer::Found,
+                d,
+            );
         }
         let text = m.render(&Gauges::default());
         let bucket = |le: &str| {
@@ -1184,9 +1198,9 @@ mod tests {
                     for i in 0..ROUNDS {
                         let map = if i % 2 == 0 { "default" } else { "nope" };
                         let proto = if t % 2 == 0 {
-                            Protocol::Socketmap
+                            Protocol::from_name("socketmap").expect("registered")
                         } else {
-                            Protocol::TcpTable
+                            Protocol::from_name("tcp_table").expect("registered")
                         };
                         m.lookup(proto, map, Answer::Found, us(i % 3));
                         m.cache(i % 4 == 0);
@@ -1245,18 +1259,23 @@ mod tests {
     fn sub_microsecond_durations_round_to_nearest() {
         let m = Metrics::new();
         m.lookup(
-            Protocol::Socketmap,
+            Protocol::from_name("socketmap").expect("registered"),
             "default",
             Answer::Found,
             Duration::from_nanos(400),
         );
         m.lookup(
-            Protocol::Socketmap,
+            Protocol::from_name("socketmap").expect("registered"),
             "default",
             Answer::Found,
             Duration::from_nanos(600),
         );
-        m.lookup(Protocol::Socketmap, "default", Answer::Found, Duration::MAX);
+        m.lookup(
+            Protocol::from_name("socketmap").expect("registered"),
+            "default",
+            Answer::Found,
+            Duration::MAX,
+        );
         let s = m.snapshot();
         assert_eq!(s["mta_sts_lookup_duration_seconds_count"], 3);
         assert_eq!(s["mta_sts_lookup_duration_seconds_bucket{le=\"15\"}"], 2);

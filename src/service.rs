@@ -6,6 +6,7 @@
 //! (spec F1.1 [DECISION]). This file holds the crate's only `unsafe` code: adopting the
 //! descriptors systemd passes and removing the `LISTEN_*` variables afterwards ([`take_activated`]).
 
+use crate::proto::Protocol;
 use std::env;
 use std::ffi::OsStr;
 use std::fmt;
@@ -280,12 +281,22 @@ pub enum InheritedListener {
 /// `shutdown(2)` them: systemd holds a copy (spec F2.2).
 #[derive(Debug, Default)]
 pub struct Activated {
-    /// `FileDescriptorName=socketmap`.
-    pub socketmap: Vec<InheritedListener>,
-    /// `FileDescriptorName=tcptable` (or `tcp_table`).
-    pub tcp_table: Vec<InheritedListener>,
+    /// Postfix listeners, by protocol: `FileDescriptorName=` the protocol's name (or the name
+    /// without `_`, as in `tcptable`, which the unit files use).
+    pub postfix: Vec<(Protocol, InheritedListener)>,
     /// `FileDescriptorName=control`.
     pub control: Vec<InheritedListener>,
+}
+
+impl Activated {
+    /// Takes the sockets passed for `protocol`.
+    pub fn take(&mut self, protocol: Protocol) -> Vec<InheritedListener> {
+        let (mine, rest) = std::mem::take(&mut self.postfix)
+            .into_iter()
+            .partition(|(p, _)| *p == protocol);
+        self.postfix = rest;
+        mine.into_iter().map(|(_, l)| l).collect()
+    }
 }
 
 /// Why the inherited sockets cannot be used; the daemon must not start (spec F2.3 [DECISION]).
@@ -303,20 +314,28 @@ impl std::error::Error for ActivationError {}
 /// Which listener an inherited descriptor is for, from its name in `$LISTEN_FDNAMES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    Socketmap,
-    TcpTable,
+    Postfix(Protocol),
     Control,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Postfix(p) => f.write_str(p.name()),
+            Role::Control => f.write_str("control"),
+        }
+    }
 }
 
 impl Role {
     fn from_name(name: &str) -> Option<Role> {
-        match name {
-            "socketmap" => Some(Role::Socketmap),
-            // The spec's unit files say "tcptable"; the config section is "tcp_table".
-            "tcptable" | "tcp_table" => Some(Role::TcpTable),
-            "control" => Some(Role::Control),
-            _ => None,
+        if name == "control" {
+            return Some(Role::Control);
         }
+        // Unit files name the tcp_table socket "tcptable"; the config section is "tcp_table".
+        Protocol::all()
+            .find(|p| p.name() == name || p.name().replace('_', "") == name)
+            .map(Role::Postfix)
     }
 }
 
@@ -449,11 +468,11 @@ fn check_inherited_fd(role: Role, fd: RawFd) -> Result<(), ActivationError> {
     match std::fs::read_link(&link) {
         Ok(target) if target.as_os_str().as_bytes().starts_with(b"socket:") => Ok(()),
         Ok(target) => Err(ActivationError(format!(
-            "fd {fd} ({role:?}) is not a socket: {}",
+            "fd {fd} ({role}) is not a socket: {}",
             target.display()
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound && Path::new("/proc/self/fd").is_dir() => {
-            Err(ActivationError(format!("fd {fd} ({role:?}) is not open")))
+            Err(ActivationError(format!("fd {fd} ({role}) is not open")))
         }
         Err(e) => Err(ActivationError(format!(
             "cannot check fd {fd}: {link}: {e}"
@@ -500,11 +519,9 @@ fn into_activated(
 ) -> Result<Activated, ActivationError> {
     let mut activated = Activated::default();
     for (role, fd) in fds {
-        let listener =
-            prepare_listener(fd).map_err(|e| ActivationError(format!("{role:?}: {e}")))?;
+        let listener = prepare_listener(fd).map_err(|e| ActivationError(format!("{role}: {e}")))?;
         match role {
-            Role::Socketmap => activated.socketmap.push(listener),
-            Role::TcpTable => activated.tcp_table.push(listener),
+            Role::Postfix(p) => activated.postfix.push((p, listener)),
             Role::Control => activated.control.push(listener),
         }
     }
@@ -620,6 +637,10 @@ pub fn drop_privileges(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn proto(name: &str) -> Protocol {
+        Protocol::from_name(name).expect("registered")
+    }
     use std::net::{TcpStream, UdpSocket};
     use std::os::fd::{AsRawFd, IntoRawFd};
     use std::os::unix::net::UnixStream;
@@ -661,11 +682,11 @@ mod tests {
         assert_eq!(
             plan(Some("socketmap:tcptable:control:tcp_table:socketmap"), "5").unwrap(),
             Some(vec![
-                (Role::Socketmap, 3),
-                (Role::TcpTable, 4),
+                (Role::Postfix(proto("socketmap")), 3),
+                (Role::Postfix(proto("tcp_table")), 4),
                 (Role::Control, 5),
-                (Role::TcpTable, 6),
-                (Role::Socketmap, 7),
+                (Role::Postfix(proto("tcp_table")), 6),
+                (Role::Postfix(proto("socketmap")), 7),
             ])
         );
     }
@@ -698,7 +719,10 @@ mod tests {
 
     #[test]
     fn activation_without_names_is_socketmap_only_for_one_fd() {
-        assert_eq!(plan(None, "1").unwrap(), Some(vec![(Role::Socketmap, 3)]));
+        assert_eq!(
+            plan(None, "1").unwrap(),
+            Some(vec![(Role::Postfix(proto("socketmap")), 3)])
+        );
         let e = plan(None, "2").unwrap_err();
         assert!(e.0.contains("LISTEN_FDNAMES is unset"), "{e}");
     }
@@ -741,16 +765,17 @@ mod tests {
     #[test]
     fn inherited_fd_must_be_an_open_socket() {
         let socket = TcpListener::bind("127.0.0.1:0").unwrap();
-        check_inherited_fd(Role::Socketmap, socket.as_raw_fd()).unwrap();
+        check_inherited_fd(Role::Postfix(proto("socketmap")), socket.as_raw_fd()).unwrap();
         let file = tempfile::tempfile().unwrap();
-        let e = check_inherited_fd(Role::Socketmap, file.as_raw_fd()).unwrap_err();
+        let e =
+            check_inherited_fd(Role::Postfix(proto("socketmap")), file.as_raw_fd()).unwrap_err();
         assert!(e.0.contains("is not a socket"), "{e}");
         let closed = {
             let s = TcpListener::bind("127.0.0.1:0").unwrap();
             s.as_raw_fd()
         };
         // The number may be reused by a parallel test, but then it is a socket or a file.
-        if let Err(e) = check_inherited_fd(Role::Socketmap, closed) {
+        if let Err(e) = check_inherited_fd(Role::Postfix(proto("socketmap")), closed) {
             assert!(
                 e.0.contains("not open") || e.0.contains("not a socket"),
                 "{e}"
@@ -771,10 +796,15 @@ mod tests {
         // the real adoption (environment untouched).
         let raw = [tcp.into_raw_fd(), unix.into_raw_fd()];
         let owned = adopt_inherited(&raw, false);
-        let activated =
-            into_activated([Role::TcpTable, Role::Control].into_iter().zip(owned)).unwrap();
-        assert!(activated.socketmap.is_empty());
-        match activated.tcp_table.as_slice() {
+        let activated = into_activated(
+            [Role::Postfix(proto("tcp_table")), Role::Control]
+                .into_iter()
+                .zip(owned),
+        )
+        .unwrap();
+        let mut activated = activated;
+        assert!(activated.take(proto("socketmap")).is_empty());
+        match activated.take(proto("tcp_table")).as_slice() {
             [InheritedListener::Tcp(l)] => {
                 assert_eq!(l.local_addr().unwrap(), tcp_addr);
                 let flags = fcntl(l, FcntlArg::F_GETFD).unwrap();
@@ -815,21 +845,30 @@ mod tests {
         assert!(e.contains("not a socket"), "{e}");
 
         let e = into_activated([(
-            Role::Socketmap,
+            Role::Postfix(proto("socketmap")),
             OwnedFd::from(tempfile::tempfile().unwrap()),
         )])
         .unwrap_err();
         assert!(
-            e.to_string().starts_with("socket activation: Socketmap: "),
+            e.to_string().starts_with("socket activation: socketmap: "),
             "{e}"
         );
     }
 
     #[test]
     fn role_names() {
-        assert_eq!(Role::from_name("socketmap"), Some(Role::Socketmap));
-        assert_eq!(Role::from_name("tcptable"), Some(Role::TcpTable));
-        assert_eq!(Role::from_name("tcp_table"), Some(Role::TcpTable));
+        assert_eq!(
+            Role::from_name("socketmap"),
+            Some(Role::Postfix(proto("socketmap")))
+        );
+        assert_eq!(
+            Role::from_name("tcptable"),
+            Some(Role::Postfix(proto("tcp_table")))
+        );
+        assert_eq!(
+            Role::from_name("tcp_table"),
+            Some(Role::Postfix(proto("tcp_table")))
+        );
         assert_eq!(Role::from_name("control"), Some(Role::Control));
         assert_eq!(Role::from_name("tcp-table"), None);
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::World;
 use common::harness::{TestDaemon, config_text, enforce_body};
-use mta_sts_policyd::control;
+use mta_sts_policyd::serve::control;
 use serde_json::{Value, json};
 
 async fn ask(socket: &Path, req: Value) -> Value {

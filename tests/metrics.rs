@@ -149,13 +149,13 @@ fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
 async fn scrape_parses_and_every_sample_has_a_declared_type() {
     let srv = start().await;
     srv.metrics.lookup(
-        Protocol::Socketmap,
+        Protocol::from_name("socketmap").expect("registered"),
         "tls\"rpt",
         Answer::Found,
         Duration::from_micros(300),
     );
     srv.metrics.lookup(
-        Protocol::TcpTable,
+        Protocol::from_name("tcp_table").expect("registered"),
         "unknown",
         Answer::Temp,
         Duration::from_millis(2),

@@ -100,9 +100,9 @@ async fn one_daemon_per_state_directory_and_clear_errors() {
 
 async fn start_err(cfg: mta_sts_policyd::config::Config) -> String {
     use std::sync::Arc;
-    let dns = mta_sts_policyd::dns::Dns::new(&cfg.dns).unwrap();
-    let fetcher = mta_sts_policyd::fetch::Fetcher::new(&cfg.https, dns.clone()).unwrap();
-    let source = Arc::new(mta_sts_policyd::source::NetSource::new(dns, fetcher));
+    let dns = mta_sts_policyd::discovery::dns::Dns::new(&cfg.dns).unwrap();
+    let fetcher = mta_sts_policyd::discovery::https::Fetcher::new(&cfg.https, dns.clone()).unwrap();
+    let source = Arc::new(mta_sts_policyd::discovery::NetSource::new(dns, fetcher));
     let opts = mta_sts_policyd::daemon::Options::new(
         source,
         Arc::new(mta_sts_policyd::clock::SystemClock),

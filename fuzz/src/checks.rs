@@ -14,12 +14,12 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use mta_sts_policyd::answer::{self, Profile, Rendered};
+use mta_sts_policyd::cache::journal::Store;
 use mta_sts_policyd::key;
 use mta_sts_policyd::policy::{self, MAX_AGE_LIMIT, MAX_POLICY_BYTES, Mode, Mx, MxPattern, Policy};
 use mta_sts_policyd::proto::Reply;
 use mta_sts_policyd::proto::socketmap::{self, SocketmapCodec};
 use mta_sts_policyd::proto::tcp_table::{self, TcpTableCodec};
-use mta_sts_policyd::store::Store;
 
 // ---- chunking -----------------------------------------------------------------------------------
 

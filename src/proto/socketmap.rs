@@ -236,6 +236,41 @@ impl Encoder<Reply> for SocketmapCodec {
     }
 }
 
+/// The registry entry (see [`super::Protocol`]).
+pub static SPEC: super::Spec = super::Spec {
+    name: "socketmap",
+    default_listen: &["inet:127.0.0.1:8461"],
+    names_map: true,
+    found_fits,
+    new_codec: || Box::<SocketmapCodec>::default(),
+};
+
+impl super::Codec for SocketmapCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<super::Request>, super::FatalFrame> {
+        match Decoder::decode(self, buf) {
+            Ok(Some(Request::Lookup { map, key })) => Ok(Some(super::Request::Lookup {
+                map: Some(map),
+                key,
+            })),
+            Ok(Some(Request::Invalid(why))) => Ok(Some(super::Request::Invalid(why))),
+            Ok(None) => Ok(None),
+            Err(FrameError::TooLarge(n)) => Err(super::FatalFrame {
+                message: format!("request netstring of {n} bytes or more exceeds {MAX_REQUEST}"),
+                // Say why before closing, so that the Postfix log shows it.
+                reply: Some(Reply::Perm("request too large".into())),
+            }),
+            Err(e) => Err(super::FatalFrame {
+                message: e.to_string(),
+                reply: None,
+            }),
+        }
+    }
+
+    fn encode(&self, reply: &Reply, out: &mut BytesMut) {
+        encode_reply(reply, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

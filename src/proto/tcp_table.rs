@@ -278,6 +278,38 @@ impl Encoder<Reply> for TcpTableCodec {
     }
 }
 
+/// The registry entry (see [`super::Protocol`]). Off unless configured: most sites use
+/// socketmap, and a listener nobody asked for is one more open port.
+pub static SPEC: super::Spec = super::Spec {
+    name: "tcp_table",
+    default_listen: &[],
+    names_map: false,
+    found_fits,
+    new_codec: || Box::<TcpTableCodec>::default(),
+};
+
+impl super::Codec for TcpTableCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<super::Request>, super::FatalFrame> {
+        match Decoder::decode(self, buf) {
+            Ok(Some(Request::Get(key))) => Ok(Some(super::Request::Lookup { map: None, key })),
+            Ok(Some(Request::Invalid(why))) => Ok(Some(super::Request::Invalid(why))),
+            Ok(None) => Ok(None),
+            Err(FrameError::TooLarge) => Err(super::FatalFrame {
+                message: format!("request line longer than {MAX_LINE} bytes"),
+                reply: Some(Reply::Perm("request too large".into())),
+            }),
+            Err(e) => Err(super::FatalFrame {
+                message: e.to_string(),
+                reply: None,
+            }),
+        }
+    }
+
+    fn encode(&self, reply: &Reply, out: &mut BytesMut) {
+        encode_reply(reply, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

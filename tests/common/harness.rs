@@ -9,10 +9,10 @@ use std::time::Duration;
 use mta_sts_policyd::clock::SystemClock;
 use mta_sts_policyd::config::{Config, ListenAddr};
 use mta_sts_policyd::daemon::Daemon;
-use mta_sts_policyd::dns::Dns;
-use mta_sts_policyd::fetch::Fetcher;
-use mta_sts_policyd::server::Protocol;
-use mta_sts_policyd::source::NetSource;
+use mta_sts_policyd::discovery::NetSource;
+use mta_sts_policyd::discovery::dns::Dns;
+use mta_sts_policyd::discovery::https::Fetcher;
+use mta_sts_policyd::proto::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -93,8 +93,8 @@ impl TestDaemon {
             Some(ListenAddr::Tcp(a)) => *a,
             other => panic!("no TCP listener for {p:?}: {other:?}"),
         };
-        let socketmap = tcp(Protocol::Socketmap);
-        let tcp_table = tcp(Protocol::TcpTable);
+        let socketmap = tcp(Protocol::from_name("socketmap").expect("registered"));
+        let tcp_table = tcp(Protocol::from_name("tcp_table").expect("registered"));
         TestDaemon {
             daemon,
             socketmap,

@@ -4,6 +4,7 @@
 //! opens no socket and sets no global. Unknown keys are rejected so that a typo is an error, not a
 //! silently ignored setting. Every error names the file and the key.
 
+use crate::proto::Protocol;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -228,6 +229,16 @@ impl Config {
             .get(map)
             .or_else(|| self.maps.get(DEFAULT_MAP))
             .unwrap_or(&DEFAULT_PROFILE)
+    }
+
+    /// The Postfix listeners of every registered protocol.
+    pub fn listeners(&self) -> [(Protocol, &Listeners); 2] {
+        let named =
+            |n: &str| Protocol::from_name(n).unwrap_or_else(|| unreachable!("{n} is registered"));
+        [
+            (named("socketmap"), &self.socketmap),
+            (named("tcp_table"), &self.tcp_table),
+        ]
     }
 
     pub fn tcp_table_profile(&self) -> &MapProfile {
@@ -911,7 +922,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid_and_matches_defaults() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let c = Config::parse(text, None).unwrap();
         let d = Config::parse("", None).unwrap();
         assert_eq!(c, d, "config.example.toml must document the defaults");

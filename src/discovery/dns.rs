@@ -14,8 +14,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
 use crate::config::DnsConfig;
+use crate::discovery::{NoPolicy, TxtLookup};
 use crate::policy;
-use crate::source::{NoPolicy, TxtLookup};
 
 /// A TXT RRset larger than this is not an MTA-STS deployment; refusing it bounds the work a hostile
 /// DNS answer can cause.

@@ -21,7 +21,7 @@ use crate::cache::{EntryView, PolicyEntry};
 use crate::key;
 use crate::policy::{Mode, parse_policy};
 use crate::resolve::{Lookup, Resolution};
-use crate::server::{self, Shared};
+use crate::serve::postfix::{self, Shared};
 
 /// One request or export/import line. A policy is at most 64 KiB; JSON escaping can double it.
 const MAX_LINE: usize = 256 * 1024;
@@ -39,7 +39,7 @@ pub struct Control {
     /// The listeners in force, as `protocol inet:...` strings (updated on reload).
     pub listeners: Arc<RwLock<Vec<String>>>,
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
-    pub store: crate::store::Store,
+    pub store: crate::cache::journal::Store,
     /// Members of this group may use the socket besides root and the daemon's user.
     pub group: Option<(String, u32)>,
 }
@@ -372,7 +372,7 @@ fn show(ctl: &Control, domain: &str) -> Value {
         }) if *until > now => Resolution::Failed(reason.clone()),
         _ => Resolution::NoPolicy,
     };
-    let answers = server::wire_answers(
+    let answers = postfix::wire_answers(
         &config,
         &Lookup::Resolved {
             domain: domain.to_string(),

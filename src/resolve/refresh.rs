@@ -63,11 +63,11 @@ mod tests {
 
     use super::*;
     use crate::cache::PolicyEntry;
+    use crate::discovery::fake::FakeSource;
+    use crate::discovery::{FetchError, NoPolicy, TxtLookup};
     use crate::policy::{Mode, parse_policy};
     use crate::resolve::Resolution;
     use crate::resolve::tests::{id_of, policy, resolve, resolver};
-    use crate::source::fake::FakeSource;
-    use crate::source::{FetchError, NoPolicy, TxtLookup};
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -1201,17 +1201,19 @@ mod tests {
         }
     }
 
-    const DEBIAN_DEFAULT: &str = include_str!("../tests/fixtures/postconf/debian-3.7-default.txt");
-    const GOOD: &str = include_str!("../tests/fixtures/postconf/good-3.7.txt");
-    const UNIX_CHROOT: &str = include_str!("../tests/fixtures/postconf/unix-chroot-3.7.txt");
-    const UNIX_CHROOT_OK: &str = include_str!("../tests/fixtures/postconf/unix-chroot-ok-3.7.txt");
-    const OLD_33: &str = include_str!("../tests/fixtures/postconf/old-3.3.txt");
-    const TLSRPT_39: &str = include_str!("../tests/fixtures/postconf/tlsrpt-on-3.9.txt");
-    const TLSRPT_3102: &str = include_str!("../tests/fixtures/postconf/tlsrpt-on-3.10.2.txt");
-    const TLSRPT_3105: &str = include_str!("../tests/fixtures/postconf/tlsrpt-ok-3.10.5.txt");
-    const DANE: &str = include_str!("../tests/fixtures/postconf/dane-3.7.txt");
-    const NO_CA: &str = include_str!("../tests/fixtures/postconf/no-ca-upstream-3.7.txt");
-    const WRONG_PROTO: &str = include_str!("../tests/fixtures/postconf/wrong-proto-3.7.txt");
+    const DEBIAN_DEFAULT: &str =
+        include_str!("../../tests/fixtures/postconf/debian-3.7-default.txt");
+    const GOOD: &str = include_str!("../../tests/fixtures/postconf/good-3.7.txt");
+    const UNIX_CHROOT: &str = include_str!("../../tests/fixtures/postconf/unix-chroot-3.7.txt");
+    const UNIX_CHROOT_OK: &str =
+        include_str!("../../tests/fixtures/postconf/unix-chroot-ok-3.7.txt");
+    const OLD_33: &str = include_str!("../../tests/fixtures/postconf/old-3.3.txt");
+    const TLSRPT_39: &str = include_str!("../../tests/fixtures/postconf/tlsrpt-on-3.9.txt");
+    const TLSRPT_3102: &str = include_str!("../../tests/fixtures/postconf/tlsrpt-on-3.10.2.txt");
+    const TLSRPT_3105: &str = include_str!("../../tests/fixtures/postconf/tlsrpt-ok-3.10.5.txt");
+    const DANE: &str = include_str!("../../tests/fixtures/postconf/dane-3.7.txt");
+    const NO_CA: &str = include_str!("../../tests/fixtures/postconf/no-ca-upstream-3.7.txt");
+    const WRONG_PROTO: &str = include_str!("../../tests/fixtures/postconf/wrong-proto-3.7.txt");
 
     const TLSRPT_CFG: &str = "[maps.postfix-tlsrpt]\ntlsrpt = true\n";
 

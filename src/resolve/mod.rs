@@ -7,6 +7,8 @@
 //! cached domain has a next check time, which the refresh task (`refresh.rs`) acts on. Lookups
 //! never wait on the network for a cached domain. Never answers Postfix and never touches sockets.
 
+pub mod refresh;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -16,14 +18,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::cache::journal::{Record, Store};
 use crate::cache::{Cache, Hit, PolicyEntry};
 use crate::clock::Clock;
+use crate::discovery::PolicySource;
 use crate::discovery::{self, Known, Outcome};
 use crate::key::{self, Skip};
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
-use crate::source::PolicySource;
-use crate::store::{Record, Store};
 
 /// RFC 8461 §3.3: after a failed HTTPS GET, wait five minutes or longer before trying again.
 pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
@@ -570,8 +572,8 @@ impl Resolver {
 
 /// The metrics class of a discovery's outcome.
 fn discovery_outcome(o: &Outcome) -> metrics::Outcome {
+    use crate::discovery::NoPolicy;
     use crate::policy::TxtError;
-    use crate::source::NoPolicy;
     match o {
         Outcome::Fetched { .. } => metrics::Outcome::Policy,
         Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
@@ -647,8 +649,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::clock::TokioClock;
-    use crate::source::fake::FakeSource;
-    use crate::source::{FetchError, NoPolicy, TxtLookup};
+    use crate::discovery::fake::FakeSource;
+    use crate::discovery::{FetchError, NoPolicy, TxtLookup};
 
     pub(crate) const INTERVAL: Duration = Duration::from_secs(86_400);
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::discovery::{FetchError, NoPolicy, PolicySource, TxtLookup};
 use crate::policy::{self, Policy, PolicyError};
-use crate::source::{FetchError, NoPolicy, PolicySource, TxtLookup};
 
 /// Why a TXT record was found but no policy could be had from it.
 #[derive(Debug, Clone, PartialEq, Eq)]

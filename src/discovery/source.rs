@@ -9,8 +9,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::dns::Dns;
-use crate::fetch::Fetcher;
 use crate::policy::{StsRecord, TxtError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -120,28 +118,6 @@ pub trait PolicySource: Send + Sync + 'static {
     fn txt<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, TxtLookup>;
     /// GETs `https://mta-sts.<domain>/.well-known/mta-sts.txt`; the body on success.
     fn fetch<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>>;
-}
-
-/// The real source: hickory for DNS, hyper + rustls for HTTPS, both on the configured resolver.
-pub struct NetSource {
-    dns: Dns,
-    fetcher: Fetcher,
-}
-
-impl NetSource {
-    pub fn new(dns: Dns, fetcher: Fetcher) -> NetSource {
-        NetSource { dns, fetcher }
-    }
-}
-
-impl PolicySource for NetSource {
-    fn txt<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, TxtLookup> {
-        Box::pin(self.dns.sts_txt(domain))
-    }
-
-    fn fetch<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
-        Box::pin(self.fetcher.fetch(domain))
-    }
 }
 
 /// A scripted [`PolicySource`] for unit tests: what DNS and HTTPS say now, how often they were

@@ -38,9 +38,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{HttpsConfig, Proxy};
-use crate::dns::Dns;
+use crate::discovery::FetchError;
+use crate::discovery::dns::Dns;
 use crate::policy::MAX_POLICY_BYTES;
-use crate::source::FetchError;
 
 const USER_AGENT: &str = concat!("mta-sts-policyd/", env!("CARGO_PKG_VERSION"));
 

@@ -16,13 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 use tracing::{debug, error, warn};
 
 use crate::answer::{self, Rendered};
 use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
-use crate::proto::{Reply, socketmap, tcp_table};
+use crate::proto::{Protocol, Reply, Request, socketmap, tcp_table};
 use crate::resolve::{Lookup, Resolution, Resolver};
 
 /// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS ...): retrying at once would spin.
@@ -32,21 +31,6 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How much a connection reads at a time. Requests are tens of bytes; the decoders bound the
 /// buffer to one maximal frame plus this.
 const READ_CHUNK: usize = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Socketmap,
-    TcpTable,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Socketmap => "socketmap",
-            Protocol::TcpTable => "tcp_table",
-        }
-    }
-}
 
 /// A bound listening socket. Unix sockets remember their path so it can be removed at shutdown.
 pub enum Listener {
@@ -323,7 +307,7 @@ async fn serve_connection<S>(
 {
     let config = shared.config();
     let limits = &config.limits;
-    let mut codec = Codec::new(protocol);
+    let mut codec = protocol.codec();
     let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::with_capacity(512);
     let mut started: Option<Instant> = None;
@@ -400,82 +384,6 @@ async fn serve_connection<S>(
     }
 }
 
-/// A decoded request, protocol-neutral.
-enum Request {
-    Lookup {
-        map: Option<String>,
-        key: bytes::Bytes,
-    },
-    Invalid(&'static str),
-}
-
-struct FatalFrame {
-    message: String,
-    reply: Option<Reply>,
-}
-
-/// The two codecs behind one interface for the connection loop.
-enum Codec {
-    Socketmap(socketmap::SocketmapCodec),
-    TcpTable(tcp_table::TcpTableCodec),
-}
-
-impl Codec {
-    fn new(p: Protocol) -> Codec {
-        match p {
-            Protocol::Socketmap => Codec::Socketmap(socketmap::SocketmapCodec::default()),
-            Protocol::TcpTable => Codec::TcpTable(tcp_table::TcpTableCodec::default()),
-        }
-    }
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, FatalFrame> {
-        match self {
-            Codec::Socketmap(c) => match c.decode(buf) {
-                Ok(Some(socketmap::Request::Lookup { map, key })) => Ok(Some(Request::Lookup {
-                    map: Some(map),
-                    key,
-                })),
-                Ok(Some(socketmap::Request::Invalid(why))) => Ok(Some(Request::Invalid(why))),
-                Ok(None) => Ok(None),
-                Err(socketmap::FrameError::TooLarge(n)) => Err(FatalFrame {
-                    message: format!(
-                        "request netstring of {n} bytes or more exceeds {}",
-                        socketmap::MAX_REQUEST
-                    ),
-                    // Spec C7.2: say why before closing, so the Postfix log shows it.
-                    reply: Some(Reply::Perm("request too large".into())),
-                }),
-                Err(e) => Err(FatalFrame {
-                    message: e.to_string(),
-                    reply: None,
-                }),
-            },
-            Codec::TcpTable(c) => match c.decode(buf) {
-                Ok(Some(tcp_table::Request::Get(key))) => {
-                    Ok(Some(Request::Lookup { map: None, key }))
-                }
-                Ok(Some(tcp_table::Request::Invalid(why))) => Ok(Some(Request::Invalid(why))),
-                Ok(None) => Ok(None),
-                Err(tcp_table::FrameError::TooLarge) => Err(FatalFrame {
-                    message: format!("request line longer than {} bytes", tcp_table::MAX_LINE),
-                    reply: Some(Reply::Perm("request too large".into())),
-                }),
-                Err(e) => Err(FatalFrame {
-                    message: e.to_string(),
-                    reply: None,
-                }),
-            },
-        }
-    }
-
-    fn encode(&self, reply: &Reply, out: &mut BytesMut) {
-        match self {
-            Codec::Socketmap(_) => socketmap::encode_reply(reply, out),
-            Codec::TcpTable(_) => tcp_table::encode_reply(reply, out),
-        }
-    }
-}
-
 async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
     let (map, key) = match req {
         Request::Lookup { map, key } => (map, key),
@@ -490,17 +398,15 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
     };
     let start = Instant::now();
     let config = shared.config();
-    let (profile, fits): (&MapProfile, fn(&str) -> bool) = match &map {
-        Some(m) => (config.profile(m), socketmap::found_fits),
-        None => (config.tcp_table_profile(), tcp_table::found_fits),
+    let profile = match &map {
+        Some(m) => config.profile(m),
+        None => config.tcp_table_profile(),
     };
+    let fits = protocol.spec().found_fits;
     let lookup = shared.resolver.lookup(&key).await;
     let reply = reply_for(&lookup, profile, fits);
     let (mp, answer) = (
-        match protocol {
-            Protocol::Socketmap => metrics::Protocol::Socketmap,
-            Protocol::TcpTable => metrics::Protocol::TcpTable,
-        },
+        protocol,
         match &reply {
             Reply::Found(_) => metrics::Answer::Found,
             Reply::NotFound => metrics::Answer::NotFound,
