@@ -185,6 +185,43 @@ pub enum EntryView {
     },
 }
 
+/// One change to a domain's entry, as the resolver decided it (see `resolve::decide`).
+#[derive(Debug, Clone)]
+pub enum Change {
+    None,
+    /// Store a policy (fresh refresh state; the hit count carries over).
+    Policy {
+        entry: Arc<PolicyEntry>,
+        next_check: SystemTime,
+    },
+    /// Remember "no policy" (`failure == false`) or a fetch back-off until `until`. Never
+    /// replaces a valid policy (RFC 8461 §3.1, §5.1: a missing TXT record does not cancel a
+    /// cached policy).
+    Negative {
+        reason: Arc<str>,
+        failure: bool,
+        until: SystemTime,
+    },
+    /// A refresh of the cached policy ran: its next check, and the error if it failed.
+    Checked {
+        next_check: SystemTime,
+        error: Option<Arc<str>>,
+    },
+    Remove,
+}
+
+/// What [`Cache::apply`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Whether the change took effect (a negative does not replace a valid policy; a check of a
+    /// domain that is gone changes nothing).
+    pub stored: bool,
+    /// The cache's own copy of the domain name, to share with the schedule.
+    pub key: Option<Arc<str>>,
+    /// When the change carries one: the domain's next check.
+    pub next_check: Option<SystemTime>,
+}
+
 /// How many entries a full insert looks at to choose a victim (expired first, then negative,
 /// then the least recently used): sampled eviction keeps an insert O(1) at any cache size, and
 /// 64 samples make evicting a frequently used policy very unlikely.
@@ -304,7 +341,18 @@ impl Cache {
         now: SystemTime,
     ) -> Option<Arc<PolicyEntry>> {
         let mut slots = self.write();
-        self.make_room(&mut slots, &domain, now);
+        self.put_policy(&mut slots, domain, entry, next_check, now)
+    }
+
+    fn put_policy(
+        &self,
+        slots: &mut Slots,
+        domain: Arc<str>,
+        entry: Arc<PolicyEntry>,
+        next_check: SystemTime,
+        now: SystemTime,
+    ) -> Option<Arc<PolicyEntry>> {
+        self.make_room(slots, &domain, now);
         let usage = Usage::at(now);
         if let Some(old) = slots.get(&domain) {
             let hits = old.usage().hits.load(Ordering::Relaxed);
@@ -383,6 +431,90 @@ impl Cache {
                 *failures
             }
             _ => 0,
+        }
+    }
+
+    /// Applies one change under one exclusive lock.
+    pub fn apply(&self, domain: &str, change: Change, now: SystemTime) -> Applied {
+        match change {
+            Change::None => Applied::default(),
+            Change::Policy { entry, next_check } => {
+                let mut slots = self.write();
+                let key = slots
+                    .get_key_value(domain)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| domain.into());
+                self.put_policy(&mut slots, key.clone(), entry, next_check, now);
+                Applied {
+                    stored: true,
+                    key: Some(key),
+                    next_check: Some(next_check),
+                }
+            }
+            Change::Negative {
+                reason,
+                failure,
+                until,
+            } => {
+                let mut slots = self.write();
+                if let Some(Slot::Policy { entry, .. }) = slots.get(domain)
+                    && entry.is_valid(now)
+                {
+                    return Applied::default();
+                }
+                self.make_room(&mut slots, domain, now);
+                let key: Arc<str> = domain.into();
+                slots.insert(
+                    key.clone(),
+                    Slot::Negative {
+                        reason,
+                        until,
+                        failure,
+                        usage: Usage::at(now),
+                    },
+                );
+                Applied {
+                    stored: true,
+                    key: Some(key),
+                    next_check: None,
+                }
+            }
+            Change::Checked { next_check, error } => {
+                let mut slots = self.write();
+                match slots.get_key_value(domain).map(|(k, _)| k.clone()) {
+                    Some(key) => {
+                        if let Some(Slot::Policy {
+                            next_check: at,
+                            failures,
+                            last_error,
+                            ..
+                        }) = slots.get_mut(domain)
+                        {
+                            *at = next_check;
+                            match error {
+                                Some(e) => {
+                                    *failures = failures.saturating_add(1);
+                                    *last_error = Some(Box::new((now, e)));
+                                }
+                                None => *failures = 0,
+                            }
+                            Applied {
+                                stored: true,
+                                key: Some(key),
+                                next_check: Some(next_check),
+                            }
+                        } else {
+                            Applied::default()
+                        }
+                    }
+                    None => Applied::default(),
+                }
+            }
+            Change::Remove => Applied {
+                stored: self.write().remove(domain).is_some(),
+                key: None,
+                next_check: None,
+            },
         }
     }
 

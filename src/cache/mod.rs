@@ -1,6 +1,7 @@
 //! The policy cache: what the daemon knows, in memory and on disk.
 //!
-//! Owns the in-memory map the hit path reads (`memory.rs`) and the append-only journal that makes
+//! Owns the in-memory map the hit path reads (`memory.rs`), when each domain is checked next
+//! (`schedule.rs`: refresh timing and the earliest-first schedule) and the append-only journal that makes
 //! it survive restarts and crashes (`journal/`). Neither decides anything about RFC 8461: they
 //! store what the resolver tells them.
 //!
@@ -8,5 +9,6 @@
 
 pub mod journal;
 pub mod memory;
+pub mod schedule;
 
-pub use memory::{Cache, Counts, EntryView, Hit, PolicyEntry, PolicyState};
+pub use memory::{Applied, Cache, Change, Counts, EntryView, Hit, PolicyEntry, PolicyState};

@@ -1,0 +1,473 @@
+//! The executor: one discovery per domain at a time (single flight), cold lookups bounded by the
+//! deadline, and every [`Decision`] applied in one step — one cache lock, the journal write the
+//! decision asks for, the schedule entry, the log line and the counters. Lookups, the refresh
+//! task and the operator's verbs all go through here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::decide::{self, Decision, Event, Journal};
+use super::{Lookup, Resolution, Settings, rfc3339};
+use crate::cache::journal::{Record, Store};
+use crate::cache::schedule::{Due, Schedule, Timing};
+use crate::cache::{Cache, Change, Hit, PolicyEntry};
+use crate::clock::Clock;
+use crate::discovery::{self, NoPolicy, Outcome, PolicySource};
+use crate::key;
+use crate::metrics::{self, Metrics};
+use crate::policy::{Policy, TxtError};
+
+pub struct Resolver {
+    cache: Cache,
+    source: RwLock<Arc<dyn PolicySource>>,
+    clock: Arc<dyn Clock>,
+    settings: RwLock<(Settings, Timing)>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<Resolution>>>>,
+    schedule: Schedule,
+    /// Where new policies and negatives are made durable.
+    store: Option<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Resolver {
+    pub fn new(
+        cache: Cache,
+        source: Arc<dyn PolicySource>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Resolver {
+        let timing = Timing::new(settings.refresh_interval, settings.negative_ttl);
+        Resolver {
+            cache,
+            source: RwLock::new(source),
+            clock,
+            settings: RwLock::new((settings, timing)),
+            inflight: Mutex::new(HashMap::new()),
+            schedule: Schedule::default(),
+            store: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Counts discoveries, cache hits, refreshes, downgrades and store errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Resolver {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Persists every new or changed policy and every "no policy" entry to `store`.
+    pub fn with_store(mut self, store: Store) -> Resolver {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn rules(&self) -> std::sync::RwLockReadGuard<'_, (Settings, Timing)> {
+        // Replaced whole under the write lock: a poisoned lock still holds a consistent value.
+        self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The timing rules in force.
+    pub fn settings(&self) -> Settings {
+        self.rules().0.clone()
+    }
+
+    fn timing(&self) -> Timing {
+        self.rules().1.clone()
+    }
+
+    /// Applies a reloaded configuration: new DNS/HTTPS settings and timing rules. Discoveries
+    /// already running finish with the old source; the cache and schedule are untouched.
+    pub fn reconfigure(&self, source: Arc<dyn PolicySource>, settings: Settings) {
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+        let mut rules = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        let timing = rules
+            .1
+            .with(settings.refresh_interval, settings.negative_ttl);
+        *rules = (settings, timing);
+    }
+
+    /// Answers one Postfix key. Cached answers involve no network work and no waiting; a cold
+    /// lookup waits at most the deadline, and the discovery it started goes on to fill the cache.
+    pub async fn lookup(self: &Arc<Self>, key: &[u8]) -> Lookup {
+        let domain = match key::policy_domain(key) {
+            Ok(d) => d,
+            Err(skip) => {
+                debug!(key = %String::from_utf8_lossy(key), reason = %skip, "key skipped");
+                return Lookup::Skipped(skip);
+            }
+        };
+        let hit = self.cache.get(&domain, self.clock.now());
+        self.metrics.cache(!matches!(hit, Hit::Miss));
+        let resolution = match hit {
+            Hit::Policy(entry) => Resolution::Policy(entry),
+            Hit::Negative { failure: false, .. } => Resolution::NoPolicy,
+            Hit::Negative {
+                reason,
+                failure: true,
+            } => Resolution::Failed(reason),
+            Hit::Miss => self.cold(&domain).await,
+        };
+        Lookup::Resolved { domain, resolution }
+    }
+
+    /// Joins the running discovery for `domain` or starts one, and waits for it up to the deadline.
+    async fn cold(self: &Arc<Self>, domain: &str) -> Resolution {
+        let mut rx = self.join_or_start(domain);
+        let deadline = self.rules().0.deadline;
+        match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(r)) => r.clone().unwrap_or(Resolution::NoPolicy),
+            Ok(Err(_)) => Resolution::Failed("discovery task ended without a result".into()),
+            Err(_) => {
+                info!(
+                    domain,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "lookup deadline passed; answering without a policy, discovery continues"
+                );
+                Resolution::Failed("lookup deadline exceeded".into())
+            }
+        }
+    }
+
+    /// One discovery for `domain` now (or joins the running one) and waits for its result; used by
+    /// the refresh task and `ctl refresh`. Each step is bounded by the source's own timeouts.
+    pub async fn refresh(self: &Arc<Self>, domain: &str) -> Resolution {
+        let mut rx = self.join_or_start(domain);
+        let r = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(Resolution::NoPolicy),
+            Err(_) => Resolution::Failed("discovery task ended without a result".into()),
+        };
+        let failed = self
+            .cache
+            .policy_state(domain)
+            .is_some_and(|s| s.failures > 0);
+        self.metrics
+            .refresh(!failed && !matches!(r, Resolution::Failed(_)));
+        r
+    }
+
+    fn join_or_start(self: &Arc<Self>, domain: &str) -> watch::Receiver<Option<Resolution>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = inflight.get(domain) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(domain.to_string(), rx.clone());
+        drop(inflight);
+        let this = self.clone();
+        let domain = domain.to_string();
+        tokio::spawn(async move {
+            // Removes the in-flight mark even if the discovery panics, so the domain is not
+            // stuck behind a dead task.
+            let _guard = InflightGuard {
+                resolver: &this,
+                domain: &domain,
+            };
+            let resolution = this.discover_and_apply(&domain).await;
+            let _ = tx.send(Some(resolution));
+        });
+        rx
+    }
+
+    /// Cache state (one read lock) → discovery → decision → [`Resolver::apply`].
+    async fn discover_and_apply(&self, domain: &str) -> Resolution {
+        let state = self.cache.policy_state(domain);
+        let timing = self.timing();
+        let known = decide::known(state.as_ref(), self.clock.now(), &timing);
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let d = discovery::discover(&*source, domain, known).await;
+        self.metrics.discovery(discovery_outcome(&d.outcome));
+        let elapsed_ms = d.elapsed.as_millis() as u64;
+        let decision = decide::decide(domain, state.as_ref(), d.outcome, self.clock.now(), &timing);
+        self.apply(domain, decision, elapsed_ms).await
+    }
+
+    /// Carries out a decision: the journal first where the decision needs it durable before
+    /// anyone is answered, then the one cache change, its schedule entry, the log and counters.
+    async fn apply(&self, domain: &str, decision: Decision, elapsed_ms: u64) -> Resolution {
+        let Decision {
+            resolution,
+            change,
+            journal,
+            event,
+        } = decision;
+        if let Journal::BeforeAnswer(record) = &journal {
+            self.persist(record.clone()).await;
+        }
+        let applied = self.cache.apply(domain, change, self.clock.now());
+        if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
+            self.schedule.push(key, at);
+        }
+        if let (Journal::Background(record), true) = (journal, applied.stored)
+            && let Some(store) = &self.store
+        {
+            store.write_nowait(record);
+        }
+        self.log(domain, event, elapsed_ms);
+        resolution
+    }
+
+    /// Writes a record and waits until it is on disk. A failing disk is logged and the answer is
+    /// still given from memory: refusing to answer would defer all mail.
+    async fn persist(&self, record: Record) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.write(record).await
+        {
+            self.metrics.store_write_error();
+            error!(error = %e, "cannot persist the policy cache; serving from memory");
+        }
+    }
+
+    /// One log line per decision; a weaker policy replacing a stronger one is a warning.
+    fn log(&self, domain: &str, event: Event, elapsed_ms: u64) {
+        match event {
+            Event::Fetched {
+                new,
+                old,
+                clamped,
+                weaker,
+            } => {
+                if clamped {
+                    warn!(
+                        domain,
+                        id = new.id,
+                        "max_age above 31557600 clamped to one year (RFC 8461 §3.2)"
+                    );
+                }
+                if weaker {
+                    self.metrics.downgrade();
+                }
+                log_change(domain, old.as_deref(), &new, weaker, elapsed_ms);
+            }
+            Event::FetchedOnce { entry } => info!(
+                domain, id = entry.id, mode = %entry.policy.mode, elapsed_ms,
+                "policy fetched with max_age 0: applied once, not cached"
+            ),
+            Event::Unchanged { id } => debug!(domain, id, elapsed_ms, "TXT id unchanged"),
+            Event::NoPolicy { reason, dropped } => {
+                debug!(domain, reason, elapsed_ms, "no MTA-STS policy");
+                if dropped {
+                    info!(
+                        domain,
+                        reason, "cached policy expired and no policy is published now; dropped"
+                    );
+                }
+            }
+            Event::DnsFailed { reason, .. } => info!(
+                domain,
+                reason, elapsed_ms, "TXT lookup failed; no policy cached"
+            ),
+            Event::FetchFailed { id, failure } => info!(
+                domain,
+                id,
+                class = failure.class(),
+                report = failure.report_class(),
+                reason = %failure,
+                elapsed_ms,
+                "policy fetch failed; no policy cached, retry in 5 minutes"
+            ),
+            Event::Kept {
+                entry,
+                failures,
+                reason,
+            } => {
+                // The first failure, then only now and then: a policy host down for a day must
+                // not fill the log.
+                if failures == 1 || failures.is_multiple_of(16) {
+                    warn!(domain, id = entry.id, failures, reason,
+                          expires = %rfc3339(entry.expires()),
+                          "refresh failed; keeping the cached policy until it expires");
+                } else {
+                    debug!(domain, failures, reason, "refresh failed again");
+                }
+            }
+            Event::ExpiredMeanwhile => {}
+        }
+    }
+
+    /// Removes a domain from the cache and the journal (operator's `evict`).
+    pub fn evict(&self, domain: &str) -> bool {
+        let removed = self.cache.remove(domain);
+        if removed && let Some(store) = &self.store {
+            store.write_nowait(Record::Remove {
+                domain: domain.into(),
+            });
+        }
+        removed
+    }
+
+    /// Empties the cache and the journal (operator's `purge`); returns the entries removed.
+    pub async fn purge(&self) -> usize {
+        let views = self.cache.views();
+        let mut n = 0;
+        for (domain, _) in &views {
+            if self.evict(domain) {
+                n += 1;
+            }
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.flush().await
+        {
+            self.metrics.store_write_error();
+            error!(error = %e, "purge: cannot flush the journal");
+        }
+        warn!(entries = n, "cache purged by the operator");
+        n
+    }
+
+    /// Merges a policy from another host or an export (operator's `import`): taken when it is
+    /// unexpired and fetched later than what the cache holds. Persisted like a fetched policy.
+    pub async fn import(&self, domain: &str, entry: Arc<PolicyEntry>) -> bool {
+        let now = self.clock.now();
+        let cached = self.cache.valid_policy(domain, now);
+        match decide::import(domain, cached.as_deref(), entry, now, &self.timing()) {
+            Some(decision) => {
+                let Decision {
+                    change, journal, ..
+                } = decision;
+                if let Journal::BeforeAnswer(record) = journal {
+                    self.persist(record).await;
+                }
+                let applied = self.cache.apply(domain, change, now);
+                if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
+                    self.schedule.push(key, at);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for `n` preloaded policies in the cache and the schedule at once.
+    pub fn reserve(&self, n: usize) {
+        self.cache.reserve(n);
+        self.schedule.reserve(n);
+    }
+
+    /// Puts a policy loaded from disk into the cache (warm restart), its first check spread over
+    /// the refresh interval. Takes the domain as an `Arc` so the cache and the schedule keep the
+    /// caller's copy (the journal's) instead of two more.
+    pub fn preload(&self, domain: Arc<str>, entry: Arc<PolicyEntry>) {
+        let now = self.clock.now();
+        let next = self.timing().first_check(&domain, &entry, now);
+        self.cache
+            .insert_policy_shared(domain.clone(), entry, next, now);
+        self.schedule.push(domain, next);
+    }
+
+    /// Puts a remembered negative loaded from disk back into the cache.
+    pub fn preload_negative(&self, domain: &str, reason: &str, until: SystemTime) {
+        let now = self.clock.now();
+        self.cache.apply(
+            domain,
+            Change::Negative {
+                reason: reason.into(),
+                failure: false,
+                until,
+            },
+            now,
+        );
+    }
+
+    /// The earliest scheduled check, popped if it is due now.
+    pub fn pop_due(&self) -> Due {
+        self.schedule.pop_due(self.clock.now(), |d| {
+            self.cache.policy_state(d).map(|s| s.next_check)
+        })
+    }
+
+    /// Resolves when the schedule gained an entry (so the refresh task can re-evaluate).
+    pub async fn schedule_changed(&self) {
+        self.schedule.changed().await;
+    }
+
+    /// Scheduled checks, stale ones included (for tests and status).
+    pub fn scheduled(&self) -> usize {
+        self.schedule.len()
+    }
+}
+
+/// The metrics class of a discovery's outcome.
+fn discovery_outcome(o: &Outcome) -> metrics::Outcome {
+    match o {
+        Outcome::Fetched { .. } => metrics::Outcome::Policy,
+        Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
+        Outcome::NoPolicy(NoPolicy::NxDomain) => metrics::Outcome::NxDomain,
+        Outcome::NoPolicy(NoPolicy::NoData) => metrics::Outcome::NoData,
+        Outcome::NoPolicy(NoPolicy::Txt(TxtError::MultipleStsRecords(_))) => {
+            metrics::Outcome::MultipleRecords
+        }
+        Outcome::NoPolicy(NoPolicy::Txt(_)) => metrics::Outcome::BadRecord,
+        Outcome::DnsTemp(reason) if reason.contains("timeout") || reason.contains("timed out") => {
+            metrics::Outcome::DnsTimeout
+        }
+        Outcome::DnsTemp(_) => metrics::Outcome::DnsError,
+        Outcome::FetchFailed { failure, .. } => {
+            metrics::Outcome::from_label(failure.class()).unwrap_or(metrics::Outcome::Http)
+        }
+    }
+}
+
+struct InflightGuard<'a> {
+    resolver: &'a Resolver,
+    domain: &'a str,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.resolver
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.domain);
+    }
+}
+
+fn log_change(
+    domain: &str,
+    old: Option<&PolicyEntry>,
+    new: &PolicyEntry,
+    weaker: bool,
+    elapsed_ms: u64,
+) {
+    let new_mx = mx_list(&new.policy);
+    match old {
+        None => info!(domain, id = new.id, mode = %new.policy.mode, mx = new_mx,
+                      max_age = new.policy.max_age, elapsed_ms, "policy fetched"),
+        Some(old) if weaker => warn!(
+            domain, old_id = old.id, new_id = new.id,
+            old_mode = %old.policy.mode, new_mode = %new.policy.mode,
+            old_mx = mx_list(&old.policy), new_mx,
+            "policy weakened"),
+        Some(old) if old.id != new.id || old.policy != new.policy => info!(
+            domain, old_id = old.id, new_id = new.id, mode = %new.policy.mode, mx = new_mx,
+            max_age = new.policy.max_age, "policy updated"),
+        Some(_) => debug!(domain, id = new.id, "policy re-fetched unchanged"),
+    }
+}
+
+fn mx_list(p: &Policy) -> String {
+    p.mx.iter()
+        .map(|m| m.policy_form())
+        .collect::<Vec<_>>()
+        .join(",")
+}
