@@ -106,12 +106,15 @@ pub fn backoff(failures: u32) -> Duration {
     (FETCH_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
+/// Checks by time, earliest on top; the domain is the cache's own `Arc`.
+type Heap = BinaryHeap<Reverse<(SystemTime, Arc<str>)>>;
+
 /// Next check times, earliest first. Entries go stale when a domain is rescheduled or removed;
 /// the caller skips those when popping (see [`Schedule::pop_due`]). Kept apart from the cache's
 /// lock so that the refresh task never scans the cache.
 #[derive(Default)]
 pub struct Schedule {
-    heap: Mutex<BinaryHeap<Reverse<(SystemTime, Arc<str>)>>>,
+    heap: Mutex<Heap>,
     wake: Notify,
 }
 
@@ -127,7 +130,7 @@ pub enum Due {
 }
 
 impl Schedule {
-    fn heap(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<(SystemTime, Arc<str>)>>> {
+    fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
         // Every mutation is a single push or pop: a poisoned lock is still consistent.
         self.heap.lock().unwrap_or_else(|p| p.into_inner())
     }
