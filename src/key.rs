@@ -43,8 +43,8 @@ const MAX_NAME: usize = 253;
 /// RFC 1035 §2.3.4.
 const MAX_LABEL: usize = 63;
 /// Keys longer than this are rejected before IDNA processing, so that a 10 kB key (Postfix's
-/// `socketmap_max_query_size`) cannot make us run UTS #46 over it. 4 bytes per code point covers any U-label
-/// whose A-label fits in [`MAX_NAME`], plus brackets and a port.
+/// `socketmap_max_query_size`) cannot make us run UTS #46 over it. 4 bytes per code point covers
+/// any U-label whose A-label fits in [`MAX_NAME`], plus brackets and a port.
 const MAX_KEY: usize = 4 * MAX_NAME + 16;
 
 /// Normalises a key as Postfix sends it (raw bytes, maybe UTF-8) into the policy domain:
@@ -68,8 +68,8 @@ pub fn policy_domain(key: &[u8]) -> Result<String, Skip> {
     let host = if let Some(rest) = key.strip_prefix(b"[") {
         bracketed_host(rest)?
     } else {
-        // The pathname check comes before the port split so that `/run/lmtp:x` reads as a pathname, not
-        // as a bad port.
+        // The pathname check comes before the port split so that `/run/lmtp:x` reads as a
+        // pathname, not as a bad port.
         if key.contains(&b'/') {
             return Err(Skip::NotHostname("pathname"));
         }
@@ -119,8 +119,9 @@ fn bracketed_host(rest: &[u8]) -> Result<&[u8], Skip> {
     Ok(inner)
 }
 
-/// `domain` or `domain:port` (Postfix still looks up its MX records). A key with two or more colons is never `domain:port`: it can
-/// only be a bare IPv6 address (maybe `ipv6:`-tagged), or junk.
+/// `domain` or `domain:port` (Postfix still looks up its MX records). A key with two or more
+/// colons is never `domain:port`: it can only be a bare IPv6 address (maybe `ipv6:`-tagged), or
+/// junk.
 fn unbracketed_host(key: &[u8]) -> Result<&[u8], Skip> {
     let Some(colon) = key.iter().position(|&b| b == b':') else {
         return Ok(key);
