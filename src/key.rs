@@ -1,9 +1,10 @@
 //! Turns a Postfix `smtp_tls_policy_maps` lookup key into the MTA-STS policy domain.
 //!
-//! This module owns key normalisation (spec E8–E10, A1, A9): which keys are answered NOTFOUND at
-//! once without any DNS traffic, and how the rest become a lowercase ASCII (A-label) hostname.
-//! It is pure: no I/O, no configuration. Callers that turn off `smart_host_policies` (E10
-//! [DECISION]) filter bracketed and `:port` keys themselves before calling [`policy_domain`].
+//! This module owns key normalisation: which of the keys `postconf(5)` describes for
+//! `smtp_tls_policy_maps` are answered NOTFOUND at once without any DNS traffic, and how the rest
+//! become a lowercase ASCII (A-label) hostname, the policy domain of RFC 8461 §1.1 and §3.4.
+//! It is pure: no I/O, no configuration. Callers that turn off `smart_host_policies` filter
+//! bracketed and `:port` keys themselves before calling [`policy_domain`].
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -13,11 +14,12 @@ use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 /// Why a key is answered NOTFOUND without any DNS query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
-    /// The key starts with `.`: Postfix's parent-domain probe (E9). RFC 8461 §3.4 forbids using a
-    /// parent zone's policy, so these never get one (A1.2).
+    /// The key starts with `.`: Postfix's parent-domain probe (`postconf(5)`,
+    /// `smtp_tls_policy_maps`). RFC 8461 §3.4 forbids using a parent zone's policy, so these never
+    /// get one.
     ParentDomain,
     /// An address literal (`[192.0.2.1]`, `[ipv6:2001:db8::1]`, bare addresses): RFC 8461 §3.4 has
-    /// no way to attach a policy to one (A1.3).
+    /// no way to attach a policy to one.
     IpLiteral,
     /// Anything else that is not a usable hostname; the text says which rule it broke.
     NotHostname(&'static str),
@@ -40,22 +42,22 @@ impl std::error::Error for Skip {}
 const MAX_NAME: usize = 253;
 /// RFC 1035 §2.3.4.
 const MAX_LABEL: usize = 63;
-/// Keys longer than this are rejected before IDNA processing, so that a 10 kB key (the socketmap
-/// limit, C7.2) cannot make us run UTS #46 over it. 4 bytes per code point covers any U-label
-/// whose A-label fits in [`MAX_NAME`], plus brackets and a port.
+/// Keys longer than this are rejected before IDNA processing, so that a 10 kB key (Postfix's
+/// `socketmap_max_query_size`) cannot make us run UTS #46 over it. 4 bytes per code point covers
+/// any U-label whose A-label fits in [`MAX_NAME`], plus brackets and a port.
 const MAX_KEY: usize = 4 * MAX_NAME + 16;
 
 /// Normalises a key as Postfix sends it (raw bytes, maybe UTF-8) into the policy domain:
 /// lowercase A-label, no trailing dot, LDH labels 1..=63 bytes, total <= 253 bytes, at least two
 /// labels, last label not all digits.
 ///
-/// The steps follow spec E10 in order: parent-domain probe, `[host]`/`[host]:port`, `domain:port`,
+/// The steps, in order: parent-domain probe, `[host]`/`[host]:port`, `domain:port`,
 /// pathname, address literal, then lowercase / trailing dot / IDNA / LDH validation.
 pub fn policy_domain(key: &[u8]) -> Result<String, Skip> {
     if key.is_empty() {
         return Err(Skip::NotHostname("empty key"));
     }
-    // E9: every parent-domain probe is NOTFOUND, whatever follows the dot.
+    // RFC 8461 §3.4: every parent-domain probe is NOTFOUND, whatever follows the dot.
     if key[0] == b'.' {
         return Err(Skip::ParentDomain);
     }
@@ -66,8 +68,8 @@ pub fn policy_domain(key: &[u8]) -> Result<String, Skip> {
     let host = if let Some(rest) = key.strip_prefix(b"[") {
         bracketed_host(rest)?
     } else {
-        // E10.4 is checked before the port split so that `/run/lmtp:x` reads as a pathname, not
-        // as a bad port.
+        // The pathname check comes before the port split so that `/run/lmtp:x` reads as a
+        // pathname, not as a bad port.
         if key.contains(&b'/') {
             return Err(Skip::NotHostname("pathname"));
         }
@@ -82,18 +84,18 @@ pub fn policy_domain(key: &[u8]) -> Result<String, Skip> {
     }
 
     let host = std::str::from_utf8(host).map_err(|_| Skip::NotHostname("not UTF-8"))?;
-    // C4: the socketmap client does not fold case, so we must.
+    // Postfix's socketmap client sends the key as written (`EXAMPLE.Com`), so we fold case.
     let lower = host.to_ascii_lowercase();
     let ascii = to_a_labels(&lower)?;
-    // E10.5: exactly one trailing dot (the root) is allowed; `example.com..` keeps an empty label
+    // Exactly one trailing dot (the DNS root) is allowed; `example.com..` keeps an empty label
     // and fails below. Stripping after IDNA also covers U+3002 and other dots UTS #46 maps to `.`.
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
     validate_hostname(name)?;
     Ok(name.to_owned())
 }
 
-/// `[host]` or `[host]:port` (E10.2): the host inside the brackets is a smart host, and RFC 8461
-/// §3.4 makes it the policy domain, unless it is an address literal.
+/// `[host]` or `[host]:port`, a nexthop without MX lookup: the host inside the brackets is a smart
+/// host, and RFC 8461 §3.4 makes it the policy domain, unless it is an address literal.
 fn bracketed_host(rest: &[u8]) -> Result<&[u8], Skip> {
     let close = rest
         .iter()
@@ -106,7 +108,7 @@ fn bracketed_host(rest: &[u8]) -> Result<&[u8], Skip> {
             None => return Err(Skip::NotHostname("text after closing bracket")),
         }
     }
-    // RFC 5321 §4.1.3 address literals: `IPv6:` tag (any case, E8) or a plain IPv4 address.
+    // RFC 5321 §4.1.3 address literals: `IPv6:` tag (in any case) or a plain IPv4 address.
     // Postfix also passes untagged IPv6 through, which `is_ip_address` catches later.
     if inner.len() >= 5 && inner[..5].eq_ignore_ascii_case(b"ipv6:") {
         return Err(Skip::IpLiteral);
@@ -117,8 +119,9 @@ fn bracketed_host(rest: &[u8]) -> Result<&[u8], Skip> {
     Ok(inner)
 }
 
-/// `domain` or `domain:port` (E10.3). A key with two or more colons is never `domain:port`: it can
-/// only be a bare IPv6 address (maybe `ipv6:`-tagged), or junk.
+/// `domain` or `domain:port` (Postfix still looks up its MX records). A key with two or more
+/// colons is never `domain:port`: it can only be a bare IPv6 address (maybe `ipv6:`-tagged), or
+/// junk.
 fn unbracketed_host(key: &[u8]) -> Result<&[u8], Skip> {
     let Some(colon) = key.iter().position(|&b| b == b':') else {
         return Ok(key);
@@ -143,7 +146,7 @@ fn unbracketed_host(key: &[u8]) -> Result<&[u8], Skip> {
     }
 }
 
-/// [DECISION] Only numeric ports count (1–5 digits, at most 65535). Postfix also allows service
+/// Only numeric ports count (1–5 digits, at most 65535). Postfix also allows service
 /// names such as `:submission`; such keys get NOTFOUND, which only means "no MTA-STS".
 fn check_port(port: &[u8]) -> Result<(), Skip> {
     if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
@@ -163,7 +166,8 @@ fn is_ip_address(s: &[u8]) -> bool {
     s.parse::<Ipv4Addr>().is_ok() || s.parse::<Ipv6Addr>().is_ok()
 }
 
-/// A9.1: U-labels become A-labels (UTS #46 non-transitional processing, IDNA 2008), and existing
+/// Postfix sends U-labels as raw UTF-8; they become A-labels (UTS #46 non-transitional
+/// processing, IDNA 2008), because DNS, HTTPS and RFC 8460 §4.4 need them, and existing
 /// `xn--` labels are checked to decode to a valid U-label. Plain LDH names skip this step: UTS #46
 /// would only lowercase them, which is already done.
 fn to_a_labels(lower: &str) -> Result<String, Skip> {
@@ -184,7 +188,7 @@ fn to_a_labels(lower: &str) -> Result<String, Skip> {
         .map_err(|_| Skip::NotHostname("not a valid IDN"))
 }
 
-/// The hostname rules Postfix's `valid_hostname()` and DNS apply (A9.2, E10.5), on the final
+/// The hostname rules Postfix's `valid_hostname()` and DNS apply, on the final
 /// ASCII name without its root dot.
 fn validate_hostname(name: &str) -> Result<(), Skip> {
     if name.is_empty() {
@@ -243,18 +247,18 @@ mod tests {
     }
 
     #[test]
-    fn key_c4_lowercases_and_strips_one_trailing_dot() {
+    fn key_lowercases_and_strips_one_trailing_dot() {
         assert_eq!(ok(b"EXAMPLE.Com."), "example.com");
         assert_eq!(ok(b"example.com"), "example.com");
     }
 
     #[test]
-    fn key_e10_two_trailing_dots_rejected() {
+    fn key_two_trailing_dots_rejected() {
         not_hostname(b"example.com..", "empty label");
     }
 
     #[test]
-    fn key_e9_parent_domain_probe() {
+    fn key_rfc8461_3_4_parent_domain_probe() {
         assert_eq!(policy_domain(b".example.com"), Err(Skip::ParentDomain));
         assert_eq!(policy_domain(b".com"), Err(Skip::ParentDomain));
         assert_eq!(policy_domain(b"."), Err(Skip::ParentDomain));
@@ -262,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_smart_host_brackets() {
+    fn key_rfc8461_3_4_smart_host_brackets() {
         assert_eq!(ok(b"[mail.example.com]"), "mail.example.com");
         assert_eq!(ok(b"[mail.example.com]:25"), "mail.example.com");
         assert_eq!(ok(b"[Mail.Example.COM]:587"), "mail.example.com");
@@ -270,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_bracket_errors() {
+    fn key_bracket_errors() {
         not_hostname(b"[mail.example.com", "unbalanced bracket");
         not_hostname(b"[mail.example.com]x", "text after closing bracket");
         not_hostname(b"[mail.example.com]:", "bad port");
@@ -281,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_domain_port() {
+    fn key_domain_port() {
         assert_eq!(ok(b"example.com:2525"), "example.com");
         assert_eq!(ok(b"example.com:65535"), "example.com");
         not_hostname(b"example.com:123456", "bad port");
@@ -290,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn key_a1_3_ip_literals() {
+    fn key_rfc8461_3_4_ip_literals() {
         for key in [
             &b"[192.0.2.1]"[..],
             b"[192.0.2.1]:25",
@@ -309,14 +313,14 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_numeric_tld_rejected() {
+    fn key_numeric_tld_rejected() {
         not_hostname(b"192.0.2.1.", "numeric top-level label");
         not_hostname(b"example.123", "numeric top-level label");
         assert_eq!(ok(b"123.example"), "123.example");
     }
 
     #[test]
-    fn key_a9_raw_utf8_becomes_a_label() {
+    fn key_raw_utf8_becomes_a_label() {
         assert_eq!(ok("bücher.example".as_bytes()), "xn--bcher-kva.example");
         assert_eq!(ok("BÜCHER.example.".as_bytes()), "xn--bcher-kva.example");
         assert_eq!(ok(b"b\xc3\xbccher.example"), "xn--bcher-kva.example");
@@ -328,19 +332,19 @@ mod tests {
     }
 
     #[test]
-    fn key_a9_existing_a_label_checked() {
+    fn key_existing_a_label_checked() {
         assert_eq!(ok(b"XN--BCHER-KVA.example"), "xn--bcher-kva.example");
         not_hostname(b"xn--a.example", "not a valid IDN");
     }
 
     #[test]
-    fn key_a9_invalid_idn_rejected() {
+    fn key_invalid_idn_rejected() {
         // U+0378 is unassigned, so UTS #46 disallows it.
         not_hostname("a\u{378}b.example".as_bytes(), "not a valid IDN");
     }
 
     #[test]
-    fn key_e10_label_length_limits() {
+    fn key_rfc1035_label_length_limit() {
         let l63 = "a".repeat(63);
         let l64 = "a".repeat(64);
         assert_eq!(
@@ -354,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_name_length_limit() {
+    fn key_rfc1035_name_length_limit() {
         // 63+1+63+1+63+1+61 = 253 bytes: the longest valid name.
         let l63 = "a".repeat(63);
         let name253 = format!("{l63}.{l63}.{l63}.{}", "b".repeat(61));
@@ -366,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_300_byte_key_rejected() {
+    fn key_300_byte_key_rejected() {
         let key = format!("{}examples", "a.".repeat(146));
         assert_eq!(key.len(), 300);
         not_hostname(key.as_bytes(), "name longer than 253 bytes");
@@ -374,13 +378,13 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_empty_label() {
+    fn key_empty_label() {
         not_hostname(b"a..b", "empty label");
         not_hostname(b"example..com", "empty label");
     }
 
     #[test]
-    fn key_e10_binary_garbage() {
+    fn key_binary_garbage() {
         not_hostname(b"\xff\xfe\x00\x01.example", "not UTF-8");
         not_hostname(b"exa\x00mple.com", "invalid character");
         not_hostname(b"exa mple.com", "invalid character");
@@ -388,14 +392,14 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_single_label() {
+    fn key_single_label() {
         not_hostname(b"localhost", "single label");
         not_hostname(b"LOCALHOST.", "single label");
         not_hostname(b"[relay]:25", "single label");
     }
 
     #[test]
-    fn key_e8_lmtp_pathname() {
+    fn key_lmtp_pathname() {
         not_hostname(b"/var/spool/lmtp", "pathname");
         not_hostname(b"private/lmtp", "pathname");
         not_hostname(b"/run/lmtp:x", "pathname");
@@ -403,13 +407,13 @@ mod tests {
     }
 
     #[test]
-    fn key_e10_underscore_not_ldh() {
+    fn key_underscore_not_ldh() {
         not_hostname(b"_x.example.com", "invalid character");
         not_hostname(b"_mta-sts.example.com", "invalid character");
     }
 
     #[test]
-    fn key_e10_hyphen_rules() {
+    fn key_hyphen_rules() {
         not_hostname(b"-a.example.com", "hyphen at start or end of label");
         not_hostname(b"a-.example.com", "hyphen at start or end of label");
         assert_eq!(ok(b"a-b.example.com"), "a-b.example.com");

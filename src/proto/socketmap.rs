@@ -1,4 +1,4 @@
-//! The Postfix socketmap protocol (`socketmap_table(5)`, spec C): netstring request decoding and
+//! The Postfix socketmap protocol (`socketmap_table(5)`): netstring request decoding and
 //! reply encoding.
 //!
 //! One [`SocketmapCodec`] per connection. Requests are netstrings `<len>:<map> <key>,`
@@ -13,20 +13,21 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::{Reply, truncate_str};
 
 /// Largest request payload accepted, in bytes. Postfix >= 3.12 caps keys at 10,000 bytes
-/// (`socketmap_max_query_size`) and the map name rides along in the same netstring (spec C7.2
-/// [DECISION]).
+/// (`socketmap_max_query_size`) and the map name rides along in the same netstring, hence the
+/// headroom.
 pub const MAX_REQUEST: usize = 10_240;
 /// Largest reply payload Postfix accepts: fixed in Postfix 3.7–3.9, default of
-/// `socketmap_max_reply_size` later (spec C7.1, H1.15/H1.16).
+/// `socketmap_max_reply_size` later (`socketmap_table(5)`). Postfix 3.7 takes 100,000 bytes and
+/// fails 100,001 with "input exceeds size limit".
 pub const MAX_REPLY: usize = 100_000;
-/// `MAX_REQUEST` has 5 digits; C7.2 reads no more than that before the `:`.
+/// `MAX_REQUEST` has 5 digits, so no more than that are read before the `:`.
 const MAX_LEN_DIGITS: usize = 5;
 
 /// One decoded request netstring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `<map> <key>`, split at the first space (C3). The key is raw bytes: Postfix does not encode
-    /// or case-fold it (C3, C4).
+    /// `<map> <key>`, split at the first space (`socketmap_table(5)`: `name <space> key`). The
+    /// key is raw bytes: Postfix neither encodes nor case-folds it.
     Lookup { map: String, key: Bytes },
     /// A well-framed netstring without the `map key` shape. The framing is intact, so the
     /// connection can go on after a `PERM` reply.
@@ -34,8 +35,8 @@ pub enum Request {
 }
 
 /// A framing error. The byte stream can no longer be trusted, so the connection must be closed
-/// (after a `PERM` reply, C7.2). Nothing is consumed on error, so decoding again returns the same
-/// error.
+/// (after a `PERM` reply when the request is too large). Nothing is consumed on error, so
+/// decoding again returns the same error.
 #[derive(Debug)]
 pub enum FrameError {
     /// The declared length exceeds [`MAX_REQUEST`]. The value is the declared length, or the part
@@ -112,7 +113,8 @@ fn parse_header(src: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     Ok(None)
 }
 
-/// Splits the payload at the first space (C3); the key may itself contain spaces.
+/// Splits the payload at the first space (`socketmap_table(5)`: `name <space> key`); the key may
+/// itself contain spaces.
 fn parse_request(payload: Bytes) -> Request {
     let Some(space) = payload.iter().position(|&b| b == b' ') else {
         return Request::Invalid("no space between map name and key");
@@ -167,17 +169,17 @@ impl Decoder for SocketmapCodec {
     }
 }
 
-/// Whether `OK <value>` fits in one reply (C7.1). Callers fall back to a shorter answer when it
-/// does not (E13).
+/// Whether `OK <value>` fits in one reply ([`MAX_REPLY`]). Callers fall back to a shorter answer
+/// (without TLSRPT attributes) when it does not.
 pub fn found_fits(value: &str) -> bool {
     3 + value.len() <= MAX_REPLY
 }
 
-/// Appends one reply netstring (C6).
+/// Appends one reply netstring (`socketmap_table(5)`, REPLY FORMAT).
 ///
-/// * `Found` with an empty value is a bug (`3:OK ,` makes Postfix defer mail, C6, H1.9): it
-///   fails a `debug_assert` and is sent as NOTFOUND in release builds.
-/// * `Found` that does not fit (see [`found_fits`]) is logged and sent as `TEMP` (E13).
+/// * `Found` with an empty value is a bug (`3:OK ,` is an empty-result error that makes Postfix
+///   defer mail): it fails a `debug_assert` and is sent as NOTFOUND in release builds.
+/// * `Found` that does not fit (see [`found_fits`]) is logged and sent as `TEMP`.
 /// * `TEMP`/`PERM` reasons are truncated (on a char boundary) to keep the payload within
 ///   [`MAX_REPLY`].
 pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
@@ -207,7 +209,8 @@ fn put_reason(dst: &mut BytesMut, status: &str, reason: &str) {
 }
 
 /// The length is computed from the bytes written: a wrong length makes Postfix hang for 100 s
-/// (C11, H1.19). `usize`'s `Display` never emits leading zeros (netstrings.txt forbids them).
+/// (its time limit, `socketmap_table(5)`). `usize`'s `Display` never emits leading zeros
+/// (netstrings.txt forbids them).
 fn put_netstring(dst: &mut BytesMut, status: &str, text: &str) {
     let len = (status.len() + text.len()).to_string();
     dst.reserve(len.len() + 1 + status.len() + text.len() + 1);
@@ -302,7 +305,7 @@ mod tests {
         }
     }
 
-    /// Splits a reply netstring and checks that the declared length matches (C11).
+    /// Splits a reply netstring and checks that the declared length matches.
     fn reply_payload(wire: &[u8]) -> &[u8] {
         let colon = wire.iter().position(|&b| b == b':').expect("colon");
         let len: usize = std::str::from_utf8(&wire[..colon])
@@ -316,13 +319,13 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c6_notfound_has_trailing_space() {
+    fn socketmap_notfound_has_trailing_space() {
         assert_eq!(encoded(&Reply::NotFound), b"9:NOTFOUND ,");
     }
 
     #[test]
-    fn socketmap_c6_found_exact_bytes() {
-        // H1.2
+    fn socketmap_found_exact_bytes() {
+        // Postfix 3.7 `postmap -q` returns this as `secure match=mx1.example.com`.
         assert_eq!(
             encoded(&Reply::Found("secure match=mx1.example.com".into())),
             b"31:OK secure match=mx1.example.com,"
@@ -330,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c6_temp_and_perm_exact_bytes() {
+    fn socketmap_temp_and_perm_exact_bytes() {
         assert_eq!(
             encoded(&Reply::Temp("dns timed out x".into())),
             b"20:TEMP dns timed out x,"
@@ -348,12 +351,12 @@ mod tests {
 
     #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "empty value"))]
-    fn socketmap_c6_empty_found_sent_as_notfound() {
+    fn socketmap_empty_found_sent_as_notfound() {
         assert_eq!(encoded(&Reply::Found(String::new())), b"9:NOTFOUND ,");
     }
 
     #[test]
-    fn socketmap_c6_encoder_trait_by_value_and_by_ref() {
+    fn socketmap_encoder_trait_by_value_and_by_ref() {
         let mut codec = SocketmapCodec::default();
         let mut dst = BytesMut::new();
         Encoder::<&Reply>::encode(&mut codec, &Reply::NotFound, &mut dst).expect("encode");
@@ -363,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c7_1_found_fits_boundary() {
+    fn socketmap_found_fits_boundary() {
         let exact = "x".repeat(MAX_REPLY - 3);
         let over = "x".repeat(MAX_REPLY - 2);
         assert!(found_fits(&exact));
@@ -373,7 +376,7 @@ mod tests {
         assert!(wire.starts_with(b"100000:OK xxx"));
         assert_eq!(reply_payload(&wire).len(), MAX_REPLY);
 
-        // 100 001 bytes would be "input exceeds size limit" in Postfix (H1.16).
+        // 100 001 bytes would be "input exceeds size limit" in Postfix.
         assert_eq!(
             encoded(&Reply::Found(over)),
             b"34:TEMP reply too large for socketmap,"
@@ -381,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c7_1_reasons_truncated_to_max_reply() {
+    fn socketmap_reasons_truncated_to_max_reply() {
         let wire = encoded(&Reply::Temp("r".repeat(2 * MAX_REPLY)));
         let payload = reply_payload(&wire);
         assert_eq!(payload.len(), MAX_REPLY);
@@ -396,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_h1_1_postmap_request() {
+    fn socketmap_postmap_request() {
         assert_eq!(
             decode_all(b"19:postfix example.com,").expect("decode"),
             vec![lookup("postfix", b"example.com")]
@@ -404,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_h1_14_keys_are_raw() {
+    fn socketmap_keys_are_raw() {
         assert_eq!(
             decode_all(b"19:postfix EXAMPLE.Com,").expect("decode"),
             vec![lookup("postfix", b"EXAMPLE.Com")]
@@ -413,7 +416,7 @@ mod tests {
             decode_all(b"30:mta-sts [mail.example.com]:587,").expect("decode"),
             vec![lookup("mta-sts", b"[mail.example.com]:587")]
         );
-        // C3: split at the first space only; `%` is not an escape.
+        // Split at the first space only; `%` is not an escape.
         assert_eq!(
             decode_all(b"13:postfix a b%c,").expect("decode"),
             vec![lookup("postfix", b"a b%c")]
@@ -433,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c3_invalid_shapes_keep_framing() {
+    fn socketmap_invalid_shapes_keep_framing() {
         assert_eq!(
             decode_all(b"7:postfix,0:,1: ,6:\xffmap k,9:NOTFOUND ,").expect("decode"),
             vec![
@@ -447,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c2_byte_at_a_time() {
+    fn socketmap_byte_at_a_time() {
         let input = b"19:postfix example.com,13:postfix a b%c,";
         let mut codec = SocketmapCodec::default();
         let mut src = BytesMut::new();
@@ -469,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c9_pipelined_frames_in_order() {
+    fn socketmap_pipelined_frames_in_order() {
         assert_eq!(
             decode_all(b"19:postfix example.com,19:postfix example.net,3:a b,").expect("decode"),
             vec![
@@ -481,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c9_state_is_per_codec() {
+    fn socketmap_state_is_per_codec() {
         let mut a = SocketmapCodec::default();
         let mut b = SocketmapCodec::default();
         let mut src_a = BytesMut::from(&b"19:postfix exa"[..]);
@@ -499,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c7_2_huge_length_rejected_without_allocation() {
+    fn socketmap_huge_length_rejected_without_allocation() {
         // 2^40
         let mut codec = SocketmapCodec::default();
         let mut src = BytesMut::with_capacity(64);
@@ -519,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c7_2_length_limit_boundary() {
+    fn socketmap_length_limit_boundary() {
         let payload = format!("postfix {}", "k".repeat(MAX_REQUEST - 8));
         let frame = format!("{}:{payload},", payload.len());
         assert_eq!(
@@ -533,8 +536,9 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c6_leading_zeros_tolerated_within_digit_cap() {
-        // Postfix's own netstring reader accepts them (H1.13); the 5-digit cap still applies.
+    fn socketmap_leading_zeros_tolerated_within_digit_cap() {
+        // Postfix's own netstring reader accepts them (`09:NOTFOUND ,`); the 5-digit cap still
+        // applies.
         assert_eq!(
             decode_all(b"019:postfix example.com,").expect("decode"),
             vec![lookup("postfix", b"example.com")]
@@ -550,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c2_malformed_framing() {
+    fn socketmap_malformed_framing() {
         for (input, why) in [
             (&b"x9:NOTFOUND ,"[..], "length is not a decimal number"),
             (b":a b,", "empty length"),
@@ -568,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c2_error_is_sticky() {
+    fn socketmap_error_is_sticky() {
         let mut codec = SocketmapCodec::default();
         let mut src = BytesMut::from(&b"3:a b;"[..]);
         assert!(codec.decode(&mut src).is_err());
@@ -576,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn socketmap_c10_decode_eof() {
+    fn socketmap_decode_eof() {
         let mut codec = SocketmapCodec::default();
         assert!(
             codec
@@ -622,7 +626,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn socketmap_c11_reply_length_always_matches(reply in any_reply()) {
+        fn socketmap_reply_length_always_matches(reply in any_reply()) {
             let wire = encoded(&reply);
             let payload = reply_payload(&wire);
             prop_assert!(payload.len() <= MAX_REPLY);
@@ -636,7 +640,7 @@ mod tests {
         }
 
         #[test]
-        fn socketmap_c3_any_payload_round_trips(
+        fn socketmap_any_payload_round_trips(
             map in "[a-z0-9-]{1,20}",
             key in proptest::collection::vec(any::<u8>(), 0..2_000),
             chunk in 1usize..64,
@@ -663,7 +667,7 @@ mod tests {
         }
 
         #[test]
-        fn socketmap_c7_2_arbitrary_input_never_panics_or_hoards(
+        fn socketmap_arbitrary_input_never_panics_or_hoards(
             input in proptest::collection::vec(any::<u8>(), 0..4_000),
             chunk in 1usize..512,
         ) {
@@ -686,7 +690,7 @@ mod tests {
         }
 
         #[test]
-        fn socketmap_c7_2_digit_prefixes_never_over_reserve(digits in "[0-9]{1,20}") {
+        fn socketmap_digit_prefixes_never_over_reserve(digits in "[0-9]{1,20}") {
             let mut codec = SocketmapCodec::default();
             let mut src = BytesMut::from(format!("{digits}:").as_bytes());
             match codec.decode(&mut src) {

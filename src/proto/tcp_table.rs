@@ -1,4 +1,4 @@
-//! The Postfix tcp_table protocol (`tcp_table(5)`, spec D): request-line decoding, reply-line
+//! The Postfix tcp_table protocol (`tcp_table(5)`): request-line decoding, reply-line
 //! encoding and the %XX encoding both directions use.
 //!
 //! One [`TcpTableCodec`] per connection. Requests are `get <%XX-encoded key>\n`; replies are
@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::Reply;
 
 /// Longest request or reply line, newline included; replies are counted after %XX encoding
-/// (`tcp_table(5)`, D5: 4096 accepted, 4097 rejected, H2.15/H2.16).
+/// (`tcp_table(5)`; Postfix 3.7 takes a line of 4096 bytes and fails one of 4097).
 pub const MAX_LINE: usize = 4096;
 
 /// `200 ` and the newline around the encoded text.
@@ -22,7 +22,7 @@ const LINE_OVERHEAD: usize = 4 + 1;
 /// One decoded request line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `get <key>`, with the key %XX-decoded (D1).
+    /// `get <key>`, with the key %XX-decoded.
     Get(Bytes),
     /// A complete line that is not a usable `get` request (`put`, bad escape, empty key, ...).
     /// The line framing is intact, so the connection can go on after a `400` reply.
@@ -118,7 +118,8 @@ fn parse_line(line: Bytes) -> Request {
         end
     };
     let body = &line[..end];
-    // D1: the command word is lowercase `get` and one SPACE; Postfix never sends anything else.
+    // `tcp_table(5)`: the command word is lowercase `get` and one SPACE; Postfix never sends
+    // anything else.
     let Some(key) = body.strip_prefix(b"get ") else {
         return Request::Invalid(if body.starts_with(b"put ") {
             "put is not supported"
@@ -139,8 +140,8 @@ fn parse_line(line: Bytes) -> Request {
     }
 }
 
-/// Decodes %XX escapes (hex digits in either case, D2). Other bytes are copied as they are:
-/// "the server may omit the encoding", and so may a client.
+/// Decodes %XX escapes (hex digits in either case, `tcp_table(5)` ENCODING). Other bytes are
+/// copied as they are: "the server may omit the encoding", and so may a client.
 pub fn decode(s: &[u8]) -> Result<Vec<u8>, &'static str> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -171,8 +172,8 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// D2/D4: `%`, whitespace and every non-printing byte (all of < 0x21 and >= 0x7F, so also SP,
-/// HTAB, CR, LF and UTF-8 bytes) are sent as %XX.
+/// `tcp_table(5)` ENCODING: `%`, whitespace and every non-printing byte (all of < 0x21 and
+/// >= 0x7F, so also SP, HTAB, CR, LF and UTF-8 bytes) are sent as %XX.
 fn needs_escape(b: u8) -> bool {
     b == b'%' || !(0x21..0x7f).contains(&b)
 }
@@ -192,7 +193,7 @@ fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-/// %XX-encodes `key` the way Postfix's client does (D1: uppercase hex, no case folding), e.g.
+/// %XX-encodes `key` the way Postfix's client does (uppercase hex, no case folding), e.g.
 /// `A b%c/ü` → `A%20b%25c/%C3%BC`.
 pub fn encode_key(key: &[u8]) -> String {
     let mut out = Vec::with_capacity(encoded_len(key));
@@ -201,20 +202,20 @@ pub fn encode_key(key: &[u8]) -> String {
     out.into_iter().map(char::from).collect()
 }
 
-/// Whether `200 <encoded value>\n` fits in [`MAX_LINE`] (D5). Callers fall back to a shorter
-/// answer when it does not (E13).
+/// Whether `200 <encoded value>\n` fits in [`MAX_LINE`]. Callers fall back to a shorter answer
+/// (without TLSRPT attributes) when it does not.
 pub fn found_fits(value: &str) -> bool {
     LINE_OVERHEAD + encoded_len(value.as_bytes()) <= MAX_LINE
 }
 
-/// Appends one reply line (D3, D4). Always a bare LF: `\r\n` would put a CR into the value
-/// Postfix returns (H2.9).
+/// Appends one reply line (`tcp_table(5)`, REPLY FORMAT). Always a bare LF: `\r\n` would put a
+/// CR into the value Postfix returns.
 ///
-/// * `Found` with an empty value is a bug (`200 \n` makes Postfix defer mail, D4, H2.12): it fails a
-///   `debug_assert` and is sent as not found in release builds.
-/// * `Found` that does not fit (see [`found_fits`]) is logged and sent as `400` (E13).
+/// * `Found` with an empty value is a bug (`200 \n` is an empty-result error that makes Postfix
+///   defer mail): it fails a `debug_assert` and is sent as not found in release builds.
+/// * `Found` that does not fit (see [`found_fits`]) is logged and sent as `400`.
 /// * `Temp`/`Perm` reasons are cut (on a char boundary) so the encoded line fits. Both become
-///   `400`, after which the client disconnects (D3).
+///   `400`, after which the client disconnects.
 pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
     match reply {
         Reply::Found(value) => {
@@ -336,12 +337,12 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d4_notfound_exact_bytes() {
+    fn tcp_table_notfound_exact_bytes() {
         assert_eq!(encoded(&Reply::NotFound), b"500 not%20found\n");
     }
 
     #[test]
-    fn tcp_table_d4_found_is_encoded() {
+    fn tcp_table_found_is_encoded() {
         assert_eq!(
             encoded(&Reply::Found(
                 "secure match=mx1.example.com:.example.net".into()
@@ -355,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d4_temp_and_perm_are_400() {
+    fn tcp_table_temp_and_perm_are_400() {
         assert_eq!(
             encoded(&Reply::Temp("try again".into())),
             b"400 try%20again\n"
@@ -368,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d4_never_crlf() {
+    fn tcp_table_never_crlf() {
         for reply in [
             Reply::Found("secure\r\n".into()),
             Reply::NotFound,
@@ -383,12 +384,12 @@ mod tests {
 
     #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "empty value"))]
-    fn tcp_table_d4_empty_found_sent_as_notfound() {
+    fn tcp_table_empty_found_sent_as_notfound() {
         assert_eq!(encoded(&Reply::Found(String::new())), b"500 not%20found\n");
     }
 
     #[test]
-    fn tcp_table_d4_encoder_trait_by_value_and_by_ref() {
+    fn tcp_table_encoder_trait_by_value_and_by_ref() {
         let mut codec = TcpTableCodec::default();
         let mut dst = BytesMut::new();
         Encoder::<&Reply>::encode(&mut codec, &Reply::NotFound, &mut dst).expect("encode");
@@ -398,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d5_found_fits_boundary_after_encoding() {
+    fn tcp_table_found_fits_boundary_after_encoding() {
         // 4 + 4091 + 1 = 4096 bytes.
         let exact = "x".repeat(MAX_LINE - 5);
         assert!(found_fits(&exact));
@@ -419,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d5_reasons_truncated_to_fit() {
+    fn tcp_table_reasons_truncated_to_fit() {
         let wire = encoded(&Reply::Temp("r".repeat(10_000)));
         assert_eq!(wire.len(), MAX_LINE);
         // ü is 6 encoded bytes and is never split.
@@ -431,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d1_postmap_request() {
+    fn tcp_table_postmap_request() {
         assert_eq!(
             decode_all(b"get example.com\n").expect("decode"),
             vec![get(b"example.com")]
@@ -439,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_h2_13_encoded_key_decoded() {
+    fn tcp_table_encoded_key_decoded() {
         assert_eq!(
             decode_all(b"get A%20b%25c/%C3%BC\n").expect("decode"),
             vec![get("A b%c/ü".as_bytes())]
@@ -448,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d2_hex_either_case() {
+    fn tcp_table_hex_either_case() {
         assert_eq!(decode(b"%c3%BC%2f"), Ok(vec![0xc3, 0xbc, b'/']));
         assert_eq!(decode(b""), Ok(vec![]));
         assert_eq!(decode(b"%"), Err("truncated %XX escape"));
@@ -458,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d1_invalid_lines_keep_framing() {
+    fn tcp_table_invalid_lines_keep_framing() {
         assert_eq!(
             decode_all(b"put a b\nget\nget \nGET x\nget %zz\nget a%\nhello\n\nget ok.example\n")
                 .expect("decode"),
@@ -477,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d1_one_trailing_cr_tolerated() {
+    fn tcp_table_one_trailing_cr_tolerated() {
         assert_eq!(
             decode_all(b"get example.com\r\nget x\r\r\n").expect("decode"),
             vec![get(b"example.com"), get(b"x\r")]
@@ -489,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d7_pipelined_lines_in_order() {
+    fn tcp_table_pipelined_lines_in_order() {
         assert_eq!(
             decode_all(b"get example.com\nget example.net\nget %5Bmx%5D:25\n").expect("decode"),
             vec![get(b"example.com"), get(b"example.net"), get(b"[mx]:25")]
@@ -497,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d1_byte_at_a_time() {
+    fn tcp_table_byte_at_a_time() {
         let input = b"get A%20b%25c/%C3%BC\nget example.com\n";
         let mut codec = TcpTableCodec::default();
         let mut src = BytesMut::new();
@@ -513,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d5_request_line_4096_vs_4097() {
+    fn tcp_table_request_line_4096_vs_4097() {
         let key = "k".repeat(MAX_LINE - 5);
         let line = format!("get {key}\n");
         assert_eq!(line.len(), MAX_LINE);
@@ -531,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d5_too_large_without_newline_byte_at_a_time() {
+    fn tcp_table_too_large_without_newline_byte_at_a_time() {
         let mut codec = TcpTableCodec::default();
         let mut src = BytesMut::new();
         for _ in 0..MAX_LINE - 1 {
@@ -544,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_table_d1_decode_eof() {
+    fn tcp_table_decode_eof() {
         let mut codec = TcpTableCodec::default();
         assert!(
             codec
@@ -571,7 +572,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn tcp_table_d2_any_key_round_trips(key in proptest::collection::vec(any::<u8>(), 0..1_000)) {
+        fn tcp_table_any_key_round_trips(key in proptest::collection::vec(any::<u8>(), 0..1_000)) {
             let enc = encode_key(&key);
             prop_assert!(enc.bytes().all(|b| !needs_escape(b) || b == b'%'));
             prop_assert!(!enc.contains(' ') && !enc.contains('\n'));
@@ -586,7 +587,7 @@ mod tests {
         }
 
         #[test]
-        fn tcp_table_d4_found_round_trips(value in ".+") {
+        fn tcp_table_found_round_trips(value in ".+") {
             let wire = encoded(&Reply::Found(value.clone()));
             prop_assert!(wire.len() <= MAX_LINE);
             prop_assert_eq!(*wire.last().expect("newline"), b'\n');
@@ -599,7 +600,7 @@ mod tests {
         }
 
         #[test]
-        fn tcp_table_d5_arbitrary_input_never_panics_or_hoards(
+        fn tcp_table_arbitrary_input_never_panics_or_hoards(
             input in proptest::collection::vec(any::<u8>(), 0..10_000),
             chunk in 1usize..700,
         ) {
