@@ -24,6 +24,7 @@ use crate::proto::Protocol;
 use crate::resolve::refresh;
 use crate::resolve::{Resolver, Settings};
 use crate::serve::control::{self, Control, ReloadRequest};
+use crate::serve::metrics_http;
 use crate::serve::postfix::{self, Listener, Shared};
 use crate::service::Activated;
 
@@ -251,7 +252,7 @@ impl Daemon {
             }
             let s = shared.clone();
             let gauges: Arc<metrics::GaugeFn> = Arc::new(move || s.gauges());
-            daemon.tasks.spawn(metrics::serve(
+            daemon.tasks.spawn(metrics_http::serve(
                 listener,
                 metrics.clone(),
                 gauges,

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_sts_policyd::metrics::{
-    Answer, GaugeFn, Gauges, MAX_REQUEST_HEAD, Metrics, Outcome, Protocol, REQUEST_TIMEOUT, serve,
-};
+use mta_sts_policyd::metrics::{Answer, GaugeFn, Gauges, Metrics, Outcome, Protocol};
+use mta_sts_policyd::serve::metrics_http::{MAX_REQUEST_HEAD, REQUEST_TIMEOUT, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -286,11 +285,23 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     );
     assert!((get("mta_sts_lookup_duration_seconds_sum", &[]) - 0.0023).abs() < 1e-9);
 
-    // HEAD: the same head, no body.
+    // HEAD: the same head, no body; the length announced is the GET body's (RFC 9110 §9.3.2).
+    let resp = exchange(srv.addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let text = String::from_utf8(resp).expect("utf-8");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "HEAD has no body");
+    assert_eq!(
+        header(&text, "content-length").map(|v| v.parse::<usize>().expect("length")),
+        Some(body.len())
+    );
+    assert_eq!(header(&text, "connection"), Some("close"));
+    // An HTTP/1.0 client is answered in HTTP/1.0 (hyper's choice, allowed by RFC 9110 §6.2),
+    // and told the connection closes.
     let resp = exchange(srv.addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
     let text = String::from_utf8(resp).expect("utf-8");
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
-    assert!(text.ends_with("\r\n\r\n"));
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "HEAD has no body");
+    assert_eq!(header(&text, "connection"), Some("close"));
 
     srv.shutdown.send(true).expect("server running");
     tokio::time::timeout(GUARD, srv.task)

@@ -1,11 +1,13 @@
 //! Serving: the sockets the daemon answers on.
 //!
 //! Owns the Postfix lookup server (`postfix.rs`: socketmap and tcp_table connections, the
-//! per-connection limits and the mapping from a resolution to a reply) and the control server
-//! (`control.rs`: the `ctl` verbs on their own Unix socket).
+//! per-connection limits and the mapping from a resolution to a reply), the control server
+//! (`control.rs`: the `ctl` verbs on their own Unix socket) and the `/metrics` HTTP endpoint
+//! (`metrics_http.rs`, on hyper's HTTP/1 server).
 //!
 //! May import: `resolve`, `cache`, `answer`, `proto`, `config`, `key`, `policy`, `service`,
 //! `metrics`, `clock`. Never the daemon's wiring or the command line.
 
 pub mod control;
+pub mod metrics_http;
 pub mod postfix;

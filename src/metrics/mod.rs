@@ -1,5 +1,6 @@
-//! Process-wide counters, rendered in the Prometheus text exposition format 0.0.4, and a tiny
-//! HTTP/1.x server for `GET /metrics`.
+//! The metrics registry: process-wide counters and the gauges handed in per scrape, rendered in
+//! the Prometheus text exposition format 0.0.4 (`exposition.rs`). Serving them over HTTP is
+//! `serve::metrics_http`.
 //!
 //! The lookup hot path only does relaxed atomic adds: no lock, no allocation. Map names are
 //! registered once at construction ([`Metrics::with_maps`]); a name not registered is counted
@@ -9,18 +10,17 @@
 //! Series are read one by one while lookups go on, so a scrape is not an atomic snapshot across
 //! series; within the histogram, `_count` and every `_bucket` come from the same bucket loads, so
 //! they always agree with each other.
+//!
+//! A leaf layer: may import only `proto::Protocol` (for the `protocol` label) from the crate.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
-use tracing::{debug, warn};
+mod exposition;
+
+pub use exposition::{CONTENT_TYPE, escape_label};
+use exposition::{Family, Kind, Value};
 
 /// The map name unknown map names are counted under.
 pub const OTHER_MAP: &str = "other";
@@ -456,379 +456,29 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of every series.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut s = String::with_capacity(8 * 1024);
-        for f in self.families(Some(gauges)) {
-            // Writing to a String cannot fail.
-            let _ = writeln!(s, "# HELP {} {}", f.name, escape_help(f.help));
-            let _ = writeln!(s, "# TYPE {} {}", f.name, f.kind.name());
-            for sample in &f.samples {
-                let _ = write!(s, "{}{}{} ", f.name, sample.suffix, sample.labels);
-                match sample.value {
-                    Value::Count(v) => {
-                        let _ = writeln!(s, "{v}");
-                    }
-                    Value::Micros(us) => {
-                        let _ = writeln!(s, "{}.{:06}", us / 1_000_000, us % 1_000_000);
-                    }
-                }
-            }
-        }
-        s
+        exposition::render(&self.families(Some(gauges)))
     }
 
     /// Every counter as `"name{labels}" → value`, keyed as in [`Metrics::render`]. The duration
     /// sum, the one value that is not an integer in seconds, is
     /// `mta_sts_lookup_duration_microseconds_sum`, in microseconds. No gauges.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.snapshot_inner(None)
+        exposition::snapshot(self.families(None))
     }
 
     /// [`Metrics::snapshot`] plus the gauge series.
     pub fn snapshot_with_gauges(&self, gauges: &Gauges) -> BTreeMap<String, u64> {
-        self.snapshot_inner(Some(gauges))
-    }
-
-    fn snapshot_inner(&self, gauges: Option<&Gauges>) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for f in self.families(gauges) {
-            for s in f.samples {
-                match s.value {
-                    Value::Count(v) => {
-                        out.insert(format!("{}{}{}", f.name, s.suffix, s.labels), v);
-                    }
-                    Value::Micros(us) => {
-                        let base = f.name.strip_suffix("_seconds").unwrap_or(f.name);
-                        out.insert(format!("{base}_microseconds{}{}", s.suffix, s.labels), us);
-                    }
-                }
-            }
-        }
-        out
+        exposition::snapshot(self.families(Some(gauges)))
     }
 }
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Value {
-    Count(u64),
-    /// Rendered as seconds with six decimals.
-    Micros(u64),
-}
-
-struct Sample {
-    suffix: &'static str,
-    /// `{a="b",...}` with escaped values, or empty.
-    labels: String,
-    value: Value,
-}
-
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: Kind,
-    samples: Vec<Sample>,
-}
-
-impl Family {
-    fn new(name: &'static str, help: &'static str, kind: Kind) -> Family {
-        Family {
-            name,
-            help,
-            kind,
-            samples: Vec::new(),
-        }
-    }
-
-    fn single(name: &'static str, help: &'static str, kind: Kind, value: Value) -> Family {
-        let mut f = Family::new(name, help, kind);
-        f.push("", String::new(), value);
-        f
-    }
-
-    fn push(&mut self, suffix: &'static str, labels: String, value: Value) {
-        self.samples.push(Sample {
-            suffix,
-            labels,
-            value,
-        });
-    }
-}
-
-/// Escapes a label value per the text format: `\` → `\\`, `"` → `\"`, line feed → `\n`.
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// Escapes HELP text per the text format: `\` → `\\`, line feed → `\n`.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP
-
-/// The request head (request line and headers, with the blank line) may be at most this long.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// The whole request head must arrive within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Writing the response must finish within this.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// After an error response, how long and how much of the client's remaining input is read and
-/// discarded, so that closing does not reset the connection before the client reads the answer.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-/// Scrapes served at once; more wait in the kernel's accept queue.
-const MAX_SCRAPES: usize = 16;
-/// Back-off after a failed accept (EMFILE ...), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The scrape callback: the gauge values at this moment.
 pub type GaugeFn = dyn Fn() -> Gauges + Send + Sync;
 
-/// Serves `GET /metrics` (and `HEAD`) until `shutdown` turns true (or its sender is dropped):
-/// 200 with the exposition, 404 for other paths, 405 for other methods, 400 for a malformed
-/// request line, 431 for a request head over [`MAX_REQUEST_HEAD`]. One request per connection
-/// (`Connection: close`); a client that does not send a complete head within
-/// [`REQUEST_TIMEOUT`] is dropped without an answer. `gauges` is called once per scrape.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    gauges: Arc<GaugeFn>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let metrics = metrics.clone();
-                let gauges = gauges.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    handle(stream, &metrics, &*gauges).await;
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "metrics: accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
-    tasks.abort_all();
-    debug!("metrics listener stopped");
-}
-
-enum Head {
-    /// The head, up to and including the blank line; `extra` says whether more bytes followed.
-    Complete {
-        head: Vec<u8>,
-        extra: bool,
-    },
-    TooLarge,
-    /// The client closed before a complete head.
-    Eof,
-}
-
-/// Where the head ends (just after the blank line), accepting bare LF line ends too.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
-    let mut buf = vec![0u8; MAX_REQUEST_HEAD + 1];
-    let mut len = 0;
-    loop {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(Head::Eof);
-        }
-        // The terminator may straddle the previous read: rescan from 3 bytes back.
-        let from = len.saturating_sub(3);
-        len += n;
-        if let Some(end) = head_end(&buf[from..len]).map(|e| from + e) {
-            if end > MAX_REQUEST_HEAD {
-                return Ok(Head::TooLarge);
-            }
-            let extra = end < len;
-            buf.truncate(end);
-            return Ok(Head::Complete { head: buf, extra });
-        }
-        if len > MAX_REQUEST_HEAD {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-async fn handle(mut stream: TcpStream, metrics: &Metrics, gauges: &GaugeFn) {
-    let (response, linger) =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
-            Err(_) => {
-                debug!("metrics: no complete request within the timeout; dropping the connection");
-                return;
-            }
-            Ok(Err(e)) => {
-                debug!(error = %e, "metrics: read failed");
-                return;
-            }
-            Ok(Ok(Head::Eof)) => return,
-            Ok(Ok(Head::TooLarge)) => (
-                plain(
-                    "431 Request Header Fields Too Large",
-                    "request head too large\n",
-                    &[],
-                ),
-                true,
-            ),
-            Ok(Ok(Head::Complete { head, extra })) => {
-                let (resp, error) = respond(&head, metrics, gauges);
-                (resp, error || extra)
-            }
-        };
-    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    })
-    .await;
-    if !matches!(written, Ok(Ok(()))) {
-        return;
-    }
-    if linger {
-        // Unread input at close would make the kernel send a reset, which may destroy the
-        // response before the client reads it.
-        let _ = tokio::time::timeout(LINGER_TIME, async {
-            let mut sink = [0u8; 4096];
-            let mut total = 0;
-            while total < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => total += n,
-                }
-            }
-        })
-        .await;
-    }
-}
-
-/// The response to one request head, and whether it is an error (the client may still be
-/// sending).
-fn respond(head: &[u8], metrics: &Metrics, gauges: &GaugeFn) -> (Vec<u8>, bool) {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = head[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&head[..line_end]);
-    let bad = || (plain("400 Bad Request", "bad request\n", &[]), true);
-    let Ok(line) = std::str::from_utf8(line) else {
-        return bad();
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return bad();
-    };
-    if method.is_empty() || target.is_empty() {
-        return bad();
-    }
-    match version {
-        "HTTP/1.0" | "HTTP/1.1" => {}
-        v if v.starts_with("HTTP/") => {
-            return (
-                plain("505 HTTP Version Not Supported", "HTTP/1.x only\n", &[]),
-                true,
-            );
-        }
-        _ => return bad(),
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if path != "/metrics" {
-        return (plain("404 Not Found", "not found\n", &[]), false);
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => {
-            return (
-                plain(
-                    "405 Method Not Allowed",
-                    "method not allowed\n",
-                    &["Allow: GET, HEAD"],
-                ),
-                true,
-            );
-        }
-    };
-    let body = metrics.render(&gauges());
-    let mut r = response_head("200 OK", CONTENT_TYPE, body.len(), &[]);
-    if !head_only {
-        r.extend_from_slice(body.as_bytes());
-    }
-    (r, false)
-}
-
-fn response_head(status: &str, content_type: &str, len: usize, extra: &[&str]) -> Vec<u8> {
-    let mut h = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n"
-    );
-    for e in extra {
-        h.push_str(e);
-        h.push_str("\r\n");
-    }
-    h.push_str("\r\n");
-    h.into_bytes()
-}
-
-fn plain(status: &str, body: &str, extra: &[&str]) -> Vec<u8> {
-    let mut r = response_head(status, "text/plain; charset=utf-8", body.len(), extra);
-    r.extend_from_slice(body.as_bytes());
-    r
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn us(n: u64) -> Duration {
@@ -942,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn outcome_labels_match_the_spec_and_round_trip() {
+    fn outcome_labels_are_stable_and_round_trip() {
         let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(
             labels,
@@ -1279,47 +929,5 @@ mod tests {
         let s = m.snapshot();
         assert_eq!(s["mta_sts_lookup_duration_seconds_count"], 3);
         assert_eq!(s["mta_sts_lookup_duration_seconds_bucket{le=\"15\"}"], 2);
-    }
-
-    fn respond_str(req: &str) -> String {
-        let m = Metrics::new();
-        let g: Arc<GaugeFn> = Arc::new(Gauges::default);
-        let (r, _) = respond(req.as_bytes(), &m, &*g);
-        String::from_utf8(r).expect("utf-8")
-    }
-
-    #[test]
-    fn request_routing() {
-        let ok = respond_str("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
-        assert!(ok.contains("\r\nConnection: close\r\n"));
-        assert!(ok.contains("mta_sts_connections 0\n"));
-        let q = respond_str("GET /metrics?x=1 HTTP/1.0\n\n");
-        assert!(q.starts_with("HTTP/1.1 200 OK\r\n"), "{q}");
-        let head = respond_str("HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
-        assert!(head.ends_with("\r\n\r\n"), "HEAD has no body");
-        assert!(respond_str("GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-        assert!(respond_str("GET /metricsx HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-        let post = respond_str("POST /metrics HTTP/1.1\r\n\r\n");
-        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        assert!(post.contains("\r\nAllow: GET, HEAD\r\n"));
-        assert!(respond_str("GET /metrics\r\n\r\n").starts_with("HTTP/1.1 400 "));
-        assert!(respond_str("GET  /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
-        assert!(respond_str("GET /metrics FTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
-        assert!(respond_str("garbage\r\n\r\n").starts_with("HTTP/1.1 400 "));
-        let m = Metrics::new();
-        let g: Arc<GaugeFn> = Arc::new(Gauges::default);
-        let (r, error) = respond(b"GET /\xff HTTP/1.1\r\n\r\n", &m, &*g);
-        assert!(r.starts_with(b"HTTP/1.1 400 ") && error);
-        assert!(respond_str("GET /metrics HTTP/2.0\r\n\r\n").starts_with("HTTP/1.1 505 "));
-    }
-
-    #[test]
-    fn head_end_finds_either_terminator() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\nbody"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 }
