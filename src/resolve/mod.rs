@@ -434,7 +434,7 @@ impl Resolver {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let d = discovery::discover(&*source, domain, known).await;
-        self.metrics.discovery(discovery_outcome(&d.outcome));
+        self.metrics.discovery(metrics::Outcome::from(&d.outcome));
         let now = self.clock.now();
         let elapsed_ms = d.elapsed.as_millis() as u64;
         let failure = match d.outcome {
@@ -512,7 +512,10 @@ impl Resolver {
                     // Not remembered: a DNS hiccup must not hide a policy for an hour.
                     info!(
                         domain,
-                        reason, elapsed_ms, "TXT lookup failed; no policy cached"
+                        reason = %reason,
+                        class = reason.label(),
+                        elapsed_ms,
+                        "TXT lookup failed; no policy cached"
                     );
                     if state.is_some() {
                         // The cached policy has expired: drop it, on disk too.
@@ -523,7 +526,7 @@ impl Resolver {
                             });
                         }
                     }
-                    return Resolution::Failed(reason.into());
+                    return Resolution::Failed(reason.to_string().into());
                 }
                 format!("TXT lookup failed: {reason}")
             }
@@ -533,7 +536,7 @@ impl Resolver {
                     info!(
                         domain,
                         id,
-                        class = failure.class(),
+                        class = failure.label(),
                         report = failure.report_class(),
                         reason,
                         elapsed_ms,
@@ -567,29 +570,6 @@ impl Resolver {
             debug!(domain, failures, reason = failure, "refresh failed again");
         }
         Resolution::Policy(e)
-    }
-}
-
-/// The metrics class of a discovery's outcome.
-fn discovery_outcome(o: &Outcome) -> metrics::Outcome {
-    use crate::discovery::NoPolicy;
-    use crate::policy::TxtError;
-    match o {
-        Outcome::Fetched { .. } => metrics::Outcome::Policy,
-        Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
-        Outcome::NoPolicy(NoPolicy::NxDomain) => metrics::Outcome::NxDomain,
-        Outcome::NoPolicy(NoPolicy::NoData) => metrics::Outcome::NoData,
-        Outcome::NoPolicy(NoPolicy::Txt(TxtError::MultipleStsRecords(_))) => {
-            metrics::Outcome::MultipleRecords
-        }
-        Outcome::NoPolicy(NoPolicy::Txt(_)) => metrics::Outcome::BadRecord,
-        Outcome::DnsTemp(reason) if reason.contains("timeout") || reason.contains("timed out") => {
-            metrics::Outcome::DnsTimeout
-        }
-        Outcome::DnsTemp(_) => metrics::Outcome::DnsError,
-        Outcome::FetchFailed { failure, .. } => {
-            metrics::Outcome::from_label(failure.class()).unwrap_or(metrics::Outcome::Http)
-        }
     }
 }
 
@@ -650,7 +630,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::clock::TokioClock;
     use crate::discovery::fake::FakeSource;
-    use crate::discovery::{FetchError, NoPolicy, TxtLookup};
+    use crate::discovery::{DnsError, FetchError, NoPolicy, TxtLookup};
 
     pub(crate) const INTERVAL: Duration = Duration::from_secs(86_400);
 
@@ -694,7 +674,7 @@ pub(crate) mod tests {
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
         );
-        fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
+        fake.set_txt(TxtLookup::Temp(DnsError::ServFail));
         fake.set_fetch(Err(FetchError::Timeout));
         assert_eq!(
             id_of(&r.refresh("example.test").await).as_deref(),
@@ -800,7 +780,7 @@ pub(crate) mod tests {
         resolve(&r, "none.test").await;
         assert_eq!(fake.calls().0, 2, "asked again after negative_ttl");
 
-        fake.set_txt(TxtLookup::Temp("timeout".into()));
+        fake.set_txt(TxtLookup::Temp(DnsError::Timeout));
         assert!(matches!(
             resolve(&r, "temp.test").await,
             Resolution::Failed(_)
