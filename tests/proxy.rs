@@ -263,3 +263,30 @@ async fn closed_proxy_port_fails_within_the_timeout() {
     );
     assert_eq!(w.fetches("good.test"), 0);
 }
+
+#[tokio::test]
+async fn no_proxy_entries_match_like_curl() {
+    let w = World::start().await;
+    w.good_domain("direct.test", "1", &enforce_body(&["mx1.direct.test"]))
+        .await;
+    let proxy = TestProxy::start(w.https_port(), Mode::Tunnel).await;
+    let target = format!("mta-sts.direct.test:{}", w.https_port());
+
+    // A leading dot and `*` both cover the domain: fetched directly, the proxy not asked.
+    for no_proxy in [&[".direct.test"][..], &["*"], &["DIRECT.test"]] {
+        let cfg = config(&w, &proxy_lines(&proxy.url(), no_proxy));
+        let body = fetcher(&cfg).fetch("direct.test").await;
+        assert!(body.is_ok(), "{no_proxy:?}: {body:?}");
+        assert_eq!(proxy.connects(), Vec::<String>::new(), "{no_proxy:?}");
+    }
+    // IP and CIDR entries never match a policy domain, even one whose host is on that address;
+    // neither does a sibling name.
+    let cfg = config(
+        &w,
+        &proxy_lines(&proxy.url(), &["127.0.0.1", "127.0.0.0/8", "other.test"]),
+    );
+    let body = fetcher(&cfg).fetch("direct.test").await;
+    assert!(body.is_ok(), "{body:?}");
+    assert_eq!(proxy.connects(), vec![target]);
+    assert_eq!(w.fetches("direct.test"), 4);
+}

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::discovery::{FetchError, NoPolicy, PolicySource, TxtLookup};
-use crate::policy::{self, Policy, PolicyError};
+use crate::discovery::{DnsError, FetchError, NoPolicy, PolicySource, TxtLookup};
+use crate::metrics;
+use crate::policy::{self, Policy, PolicyError, TxtError};
 
 /// Why a TXT record was found but no policy could be had from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +31,17 @@ impl FetchFailure {
         }
     }
 
-    pub fn class(&self) -> &'static str {
-        match self {
-            FetchFailure::Fetch(e) => e.class(),
-            FetchFailure::Invalid(_) => "parse-error",
+    /// Short stable name of the failure class, for logs; the same word as its metrics outcome.
+    pub fn label(&self) -> &'static str {
+        metrics::Outcome::from(self).label()
+    }
+}
+
+impl From<&FetchFailure> for metrics::Outcome {
+    fn from(f: &FetchFailure) -> metrics::Outcome {
+        match f {
+            FetchFailure::Fetch(e) => e.into(),
+            FetchFailure::Invalid(_) => metrics::Outcome::ParseError,
         }
     }
 }
@@ -56,9 +64,27 @@ pub enum Outcome {
     /// The domain publishes no usable TXT record (§3.1).
     NoPolicy(NoPolicy),
     /// DNS failed temporarily; nothing is known.
-    DnsTemp(String),
+    DnsTemp(DnsError),
     /// A valid TXT record, but the policy could not be fetched or is invalid (§3.3).
     FetchFailed { id: String, failure: FetchFailure },
+}
+
+/// The counter a discovery's outcome is counted under.
+impl From<&Outcome> for metrics::Outcome {
+    fn from(o: &Outcome) -> metrics::Outcome {
+        match o {
+            Outcome::Fetched { .. } => metrics::Outcome::Policy,
+            Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
+            Outcome::NoPolicy(NoPolicy::NxDomain) => metrics::Outcome::NxDomain,
+            Outcome::NoPolicy(NoPolicy::NoData) => metrics::Outcome::NoData,
+            Outcome::NoPolicy(NoPolicy::Txt(TxtError::MultipleStsRecords(_))) => {
+                metrics::Outcome::MultipleRecords
+            }
+            Outcome::NoPolicy(NoPolicy::Txt(_)) => metrics::Outcome::BadRecord,
+            Outcome::DnsTemp(e) => e.into(),
+            Outcome::FetchFailed { failure, .. } => failure.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -11,10 +11,12 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 
 use crate::config::DnsConfig;
-use crate::discovery::{NoPolicy, TxtLookup};
+use crate::discovery::{DnsError, NoPolicy, TxtLookup};
 use crate::policy;
 
 /// A TXT RRset larger than this is not an MTA-STS deployment; refusing it bounds the work a hostile
@@ -71,10 +73,10 @@ impl Dns {
         let name = format!("_mta-sts.{domain}.");
         let lookup = match tokio::time::timeout(self.timeout, self.resolver.txt_lookup(name)).await
         {
-            Err(_) => return TxtLookup::Temp("DNS timeout".to_string()),
+            Err(_) => return TxtLookup::Temp(DnsError::Timeout),
             Ok(Err(e)) if e.is_nx_domain() => return TxtLookup::NoPolicy(NoPolicy::NxDomain),
             Ok(Err(e)) if e.is_no_records_found() => return TxtLookup::NoPolicy(NoPolicy::NoData),
-            Ok(Err(e)) => return TxtLookup::Temp(e.to_string()),
+            Ok(Err(e)) => return TxtLookup::Temp(dns_error(&e)),
             Ok(Ok(l)) => l,
         };
         // Answers may include the CNAME chain (RFC 8461 §8.2 delegation): only the TXT data at
@@ -92,9 +94,9 @@ impl Dns {
             return TxtLookup::NoPolicy(NoPolicy::NoData);
         }
         if records.len() > MAX_TXT_RECORDS {
-            return TxtLookup::Temp(format!(
-                "more than {MAX_TXT_RECORDS} TXT records at _mta-sts.{domain}"
-            ));
+            return TxtLookup::Temp(DnsError::TooManyRecords {
+                limit: MAX_TXT_RECORDS,
+            });
         }
         match policy::select_sts_record(&records) {
             Ok(record) => {
@@ -110,25 +112,90 @@ impl Dns {
         }
     }
 
-    /// A and AAAA of `host` (the policy host), bounded by the DNS timeout.
-    pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+    /// A and AAAA of `host` (the policy host or the proxy), bounded by the DNS timeout.
+    pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let fqdn = if host.ends_with('.') {
             host.to_string()
         } else {
             format!("{host}.")
         };
         match tokio::time::timeout(self.timeout, self.resolver.lookup_ip(fqdn)).await {
-            Err(_) => Err("DNS timeout".to_string()),
-            Ok(Err(e)) if e.is_no_records_found() => Err(format!("{host} has no address")),
-            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(DnsError::Timeout),
+            Ok(Err(e)) => Err(dns_error(&e)),
             Ok(Ok(l)) => {
                 let ips: Vec<IpAddr> = l.iter().collect();
                 if ips.is_empty() {
-                    Err(format!("{host} has no address"))
+                    Err(DnsError::NoAddress)
                 } else {
                     Ok(ips)
                 }
             }
         }
+    }
+}
+
+/// hickory's error reduced to our vocabulary. "No records" (NXDOMAIN, NODATA) becomes
+/// [`DnsError::NoAddress`]: the TXT lookup treats it as an answer before it gets here, so only
+/// address lookups reach that arm.
+fn dns_error(e: &NetError) -> DnsError {
+    match e {
+        NetError::Timeout => DnsError::Timeout,
+        NetError::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => DnsError::Refused,
+            std::io::ErrorKind::TimedOut => DnsError::Timeout,
+            _ => DnsError::Network(io.to_string()),
+        },
+        NetError::Dns(HickoryDnsError::ResponseCode(code)) => match code {
+            ResponseCode::Refused => DnsError::Refused,
+            ResponseCode::ServFail => DnsError::ServFail,
+            other => DnsError::Rcode(u16::from(*other)),
+        },
+        NetError::Dns(HickoryDnsError::NoRecordsFound(_)) => DnsError::NoAddress,
+        NetError::Dns(HickoryDnsError::DnssecBogus) => DnsError::Bogus,
+        NetError::Dns(other) => DnsError::Malformed(other.to_string()),
+        NetError::Proto(_)
+        | NetError::ParseInt(_)
+        | NetError::QueryCaseMismatch
+        | NetError::ForeignClassRecord { .. } => DnsError::Malformed(e.to_string()),
+        // Busy, no connections, truncated over TCP too, and hickory's free-text errors.
+        _ => DnsError::Network(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::op::Query;
+
+    use super::*;
+
+    #[test]
+    fn hickory_errors_map_onto_one_vocabulary() {
+        let io = |kind| NetError::Io(Arc::new(std::io::Error::from(kind)));
+        let rcode = |c| NetError::Dns(HickoryDnsError::ResponseCode(c));
+        let cases = [
+            (NetError::Timeout, DnsError::Timeout),
+            (io(std::io::ErrorKind::ConnectionRefused), DnsError::Refused),
+            (rcode(ResponseCode::Refused), DnsError::Refused),
+            (rcode(ResponseCode::ServFail), DnsError::ServFail),
+            (rcode(ResponseCode::FormErr), DnsError::Rcode(1)),
+            (rcode(ResponseCode::NotImp), DnsError::Rcode(4)),
+            (NetError::Dns(HickoryDnsError::DnssecBogus), DnsError::Bogus),
+            (
+                NetError::from(NoRecords::new(Query::default(), ResponseCode::NXDomain)),
+                DnsError::NoAddress,
+            ),
+        ];
+        for (net, want) in cases {
+            assert_eq!(dns_error(&net), want, "{net:?}");
+        }
+        assert_eq!(
+            dns_error(&io(std::io::ErrorKind::NetworkUnreachable)).label(),
+            "network"
+        );
+        assert_eq!(dns_error(&NetError::NoConnections).label(), "network");
+        assert_eq!(dns_error(&NetError::QueryCaseMismatch).label(), "malformed");
     }
 }

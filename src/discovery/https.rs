@@ -2,62 +2,67 @@
 //! imports hyper and rustls.
 //!
 //! Rules enforced here: web PKI roots plus `[https] ca_files`, SNI and certificate name
-//! `mta-sts.<domain>`, TLS 1.2 or newer (§7.2), status 200 only and no redirects (§3.3),
+//! `mta-sts.<domain>`, TLS 1.2 or newer (RFC 8461 §7.2), status 200 only and no redirects (§3.3),
 //! `text/plain` (§3.2), a 64 KiB body cap checked on Content-Length and while streaming (§3.3),
 //! one deadline for the whole fetch, and the policy host resolved through our own resolver (never
-//! getaddrinfo).
+//! getaddrinfo) with internal addresses refused unless `[https] allow_private_addresses`.
 //!
-//! With `[https] proxy`, a domain not covered by `no_proxy` is fetched through an HTTP CONNECT
-//! tunnel (`TunnelConnector`): the proxy resolves and connects to `mta-sts.<domain>:<port>`,
-//! and TLS (SNI, certificate verification for `mta-sts.<domain>`, same roots) runs over the
-//! tunnel, so verification stays end to end with the policy host and the proxy cannot vouch for
-//! a certificate. The proxy host itself is resolved through our resolver unless it is an IP
-//! literal.
+//! With `[https] proxy`, a domain not covered by `no_proxy` (hyper-util's curl-style
+//! [`Matcher`]) is fetched through an HTTP CONNECT tunnel (hyper-util's [`Tunnel`]): the proxy
+//! resolves and connects to `mta-sts.<domain>:<port>`, and TLS (SNI, certificate verification for
+//! `mta-sts.<domain>`, same roots) runs over the tunnel, so verification stays end to end with the
+//! policy host and the proxy cannot vouch for a certificate. The proxy host itself is resolved
+//! through our resolver unless it is an IP literal.
 
 use std::error::Error as StdError;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tower_service::Service;
 
 use crate::config::{HttpsConfig, Proxy};
-use crate::discovery::FetchError;
 use crate::discovery::dns::Dns;
+use crate::discovery::{DnsError, FetchError};
 use crate::policy::MAX_POLICY_BYTES;
 
 const USER_AGENT: &str = concat!("mta-sts-policyd/", env!("CARGO_PKG_VERSION"));
 
-/// Largest CONNECT response head accepted from a proxy.
-const MAX_PROXY_HEAD: usize = 8 * 1024;
+/// How much of a proxy's first answer line is kept for the error message of a refused tunnel.
+const MAX_STATUS_LINE: usize = 512;
 
+type BoxError = Box<dyn StdError + Send + Sync>;
+type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'static>>;
 type HttpsClient = Client<HttpsConnector<HttpConnector<HickoryResolve>>, Empty<Bytes>>;
-type TunnelClient = Client<HttpsConnector<TunnelConnector>, Empty<Bytes>>;
+type TunnelClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
 
 /// Fetches policy files. Cheap to share; holds no connection between fetches.
 #[derive(Clone)]
 pub struct Fetcher {
     client: HttpsClient,
-    /// Set with `[https] proxy`: the client whose connections are CONNECT tunnels.
-    proxied: Option<TunnelClient>,
-    /// Lower-case domains without a leading dot; `*` matches every domain.
-    no_proxy: Arc<[String]>,
+    /// Set with `[https] proxy`.
+    proxy: Option<Arc<Proxied>>,
     timeout: Duration,
     port: u16,
 }
@@ -78,66 +83,31 @@ impl Fetcher {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let proxied = match &cfg.proxy {
+        let proxy = match &cfg.proxy {
             None => None,
             Some(proxy) => {
+                let url = format!("http://{}", proxy_authority(proxy));
                 tracing::info!(
-                    proxy = %format!("http://{}", proxy_authority(proxy)),
+                    proxy = %url,
                     no_proxy = ?cfg.no_proxy,
                     "policy fetches go through an HTTP proxy (CONNECT tunnel, TLS end to end)"
                 );
-                let tunnel = TunnelConnector {
-                    proxy: Arc::new(proxy.clone()),
-                    dns: dns.clone(),
-                };
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls.clone())
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(tunnel);
-                Some(
-                    Client::builder(TokioExecutor::new())
-                        .pool_max_idle_per_host(0)
-                        .build(https),
-                )
+                // The proxy is the operator's own choice: it may well sit on an internal address.
+                let http = http_connector(&dns, true, cfg.timeout);
+                let connector = ProxyConnector::new(&url, http)?;
+                Some(Arc::new(Proxied {
+                    client: client(tls.clone(), connector),
+                    no_proxy: no_proxy_matcher(&url, &cfg.no_proxy),
+                }))
             }
         };
-
-        let mut http = HttpConnector::new_with_resolver(HickoryResolve {
-            dns,
-            allow_private: cfg.allow_private_addresses,
-        });
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        // No pooling: a policy host is contacted once per refresh, and a kept connection would
-        // outlive the fetch's deadline.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(https);
+        let http = http_connector(&dns, cfg.allow_private_addresses, cfg.timeout);
         Ok(Fetcher {
-            client,
-            proxied,
-            no_proxy: cfg.no_proxy.clone().into(),
+            client: client(tls, http),
+            proxy,
             timeout: cfg.timeout,
             port: cfg.port,
         })
-    }
-
-    /// The tunnelling client for `domain`, or None when it is fetched directly (no proxy set,
-    /// or `domain` covered by `no_proxy`).
-    fn proxied_for(&self, domain: &str) -> Option<&TunnelClient> {
-        let client = self.proxied.as_ref()?;
-        if bypasses_proxy(&self.no_proxy, domain) {
-            None
-        } else {
-            Some(client)
-        }
     }
 
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt` (RFC 8461 §3.2).
@@ -159,8 +129,8 @@ impl Fetcher {
             .header(header::USER_AGENT, USER_AGENT)
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Http(format!("cannot build request: {e}")))?;
-        let resp = match self.proxied_for(domain) {
-            Some(tunnel) => tunnel.request(req).await,
+        let resp = match self.proxy.as_deref().filter(|p| p.covers(domain)) {
+            Some(proxy) => proxy.client.request(req).await,
             None => self.client.request(req).await,
         }
         .map_err(classify)?;
@@ -206,6 +176,42 @@ impl Fetcher {
     }
 }
 
+/// A TCP connector that resolves through hickory, with or without the internal-address block.
+fn http_connector(
+    dns: &Dns,
+    allow_private: bool,
+    timeout: Duration,
+) -> HttpConnector<HickoryResolve> {
+    let mut http = HttpConnector::new_with_resolver(HickoryResolve {
+        dns: dns.clone(),
+        allow_private,
+    });
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    http
+}
+
+/// HTTPS only, HTTP/1.1, over `connector`.
+fn client<C>(tls: rustls::ClientConfig, connector: C) -> Client<HttpsConnector<C>, Empty<Bytes>>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(connector);
+    // No pooling: a policy host is contacted once per refresh, and a kept connection would
+    // outlive the fetch's deadline.
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(https)
+}
+
 fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), String> {
     let mut n = 0;
     let iter = CertificateDer::pem_file_iter(path)
@@ -234,7 +240,7 @@ fn classify(e: hyper_util::client::legacy::Error) -> FetchError {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(&e);
     while let Some(err) = cur {
         if let Some(r) = err.downcast_ref::<ResolveError>() {
-            return FetchError::Resolve(r.0.clone());
+            return FetchError::Resolve(r.to_string());
         }
         if let Some(p) = err.downcast_ref::<ProxyError>() {
             return FetchError::Connect(p.0.clone());
@@ -283,216 +289,51 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     s
 }
 
+/// Why a host (the policy host, or the proxy) yielded no address to connect to.
 #[derive(Debug)]
-struct ResolveError(String);
+enum ResolveError {
+    Dns {
+        host: String,
+        error: DnsError,
+    },
+    /// Every address is internal and `[https] allow_private_addresses` is off.
+    OnlyInternal {
+        host: String,
+        addrs: Vec<IpAddr>,
+    },
+}
 
 impl std::fmt::Display for ResolveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ResolveError::Dns { host, error } => write!(f, "{host}: {error}"),
+            ResolveError::OnlyInternal { host, addrs } => {
+                let shown: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                write!(
+                    f,
+                    "{host} resolves only to internal addresses ({}); not fetched \
+                     ([https] allow_private_addresses = true allows it)",
+                    shown.join(", ")
+                )
+            }
+        }
     }
 }
 
 impl StdError for ResolveError {}
 
-/// Whether `domain` is fetched directly: it equals a `no_proxy` entry or ends with
-/// `.<entry>`, or an entry is `*`. Entries are lower-case without a leading dot (config.rs).
-fn bypasses_proxy(no_proxy: &[String], domain: &str) -> bool {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    no_proxy.iter().any(|entry| {
-        entry == "*"
-            || domain == *entry
-            || (domain.len() > entry.len()
-                && domain.ends_with(entry.as_str())
-                && domain.as_bytes()[domain.len() - entry.len() - 1] == b'.')
-    })
-}
-
-/// `host:port`, with brackets around an IPv6 literal.
-fn proxy_authority(proxy: &Proxy) -> String {
-    if proxy.host.contains(':') {
-        format!("[{}]:{}", proxy.host, proxy.port)
-    } else {
-        format!("{}:{}", proxy.host, proxy.port)
-    }
-}
-
-/// A failure reaching the proxy or setting up the tunnel; classified as
-/// [`FetchError::Connect`], with a message naming the proxy.
-#[derive(Debug)]
-struct ProxyError(String);
-
-impl std::fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl StdError for ProxyError {}
-
-/// A hyper connector that yields a TCP stream to the proxy on which `CONNECT host:port` has
-/// succeeded; hyper-rustls then runs TLS for the URI's host over it. The policy host is never
-/// resolved here: the proxy resolves it.
-#[derive(Clone)]
-struct TunnelConnector {
-    proxy: Arc<Proxy>,
-    dns: Dns,
-}
-
-impl tower_service::Service<Uri> for TunnelConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = Box<dyn StdError + Send + Sync>;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let dns = self.dns.clone();
-        Box::pin(async move {
-            let stream = open_tunnel(&proxy, &dns, &dst)
-                .await
-                .map_err(|e| Box::new(e) as Self::Error)?;
-            Ok(TokioIo::new(stream))
-        })
-    }
-}
-
-/// TCP to the proxy, `CONNECT <host>:<port>`, a 2xx answer: the stream is then the tunnel.
-async fn open_tunnel(proxy: &Proxy, dns: &Dns, dst: &Uri) -> Result<TcpStream, ProxyError> {
-    let name = proxy_authority(proxy);
-    let host = dst
-        .host()
-        .ok_or_else(|| ProxyError(format!("proxy {name}: no host in {dst}")))?;
-    let port = dst.port_u16().unwrap_or(443);
-    let target = format!("{host}:{port}");
-
-    let ips: Vec<IpAddr> = match proxy.host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => dns
-            .lookup_ip(&proxy.host)
-            .await
-            .map_err(|e| ProxyError(format!("cannot resolve proxy {name}: {e}")))?,
-    };
-    let mut last_err = None;
-    let mut stream = None;
-    for ip in ips {
-        match TcpStream::connect(SocketAddr::new(ip, proxy.port)).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = Some(format!("{ip}: {e}")),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| {
-        ProxyError(format!(
-            "cannot connect to proxy {name}: {}",
-            last_err.unwrap_or_else(|| "no address".to_string())
-        ))
-    })?;
-    // Best effort: the tunnel works without it.
-    let _ = stream.set_nodelay(true);
-
-    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| ProxyError(format!("proxy {name}: cannot send CONNECT {target}: {e}")))?;
-
-    let head = read_proxy_head(&mut stream)
-        .await
-        .map_err(|e| ProxyError(format!("proxy {name}: CONNECT {target}: {e}")))?;
-    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let status_line = String::from_utf8_lossy(status_line).trim_end().to_string();
-    if !connect_succeeded(&status_line) {
-        let shown: String = status_line.chars().take(200).collect();
-        return Err(ProxyError(format!(
-            "proxy {name} refused CONNECT {target}: {shown:?}"
-        )));
-    }
-    Ok(stream)
-}
-
-/// Reads the proxy's response head, up to and including the empty line, and nothing beyond it
-/// (what follows belongs to TLS). At most [`MAX_PROXY_HEAD`] bytes.
-async fn read_proxy_head(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
-    let mut head = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
-    loop {
-        // Peek, then consume only through the end of the head, so that no byte after it (which
-        // belongs to the TLS stream) is lost.
-        let n = stream
-            .peek(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before an answer".to_string());
-        }
-        let before = head.len();
-        head.extend_from_slice(&chunk[..n]);
-        let end = find_head_end(&head, before);
-        let take = match end {
-            Some(end) => end.saturating_sub(before),
-            None => n,
-        };
-        head.truncate(before + take);
-        // Consume exactly what was peeked and kept.
-        stream
-            .read_exact(&mut chunk[..take])
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        if end.is_some() {
-            return Ok(head);
-        }
-        if head.len() >= MAX_PROXY_HEAD {
-            return Err(format!("answer head longer than {MAX_PROXY_HEAD} bytes"));
-        }
-    }
-}
-
-/// The index just past the first `\r\n\r\n` (or bare `\n\n`) in `buf`, searching from a little
-/// before `from` so a terminator split across reads is found.
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    (start..buf.len()).find_map(|i| {
-        let rest = &buf[i..];
-        if rest.starts_with(b"\r\n\r\n") {
-            Some(i + 4)
-        } else if rest.starts_with(b"\n\n") {
-            Some(i + 2)
-        } else {
-            None
-        }
-    })
-}
-
-/// `HTTP/1.x 2xx ...`: the tunnel is open (RFC 9110 §9.3.6).
-fn connect_succeeded(status_line: &str) -> bool {
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    version.starts_with("HTTP/1.")
-        && code.len() == 3
-        && code.starts_with('2')
-        && code.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Resolves the policy host through hickory for hyper's connector.
+/// Resolves a host through hickory for hyper's connector.
 #[derive(Clone)]
 struct HickoryResolve {
     dns: Dns,
-    /// `[https] allow_private_addresses`: off by default, so that a hostile domain cannot aim
-    /// the fetch at services on loopback or the internal network.
+    /// `[https] allow_private_addresses` for the policy host: off by default, so that a hostile
+    /// domain cannot aim the fetch at services on loopback or the internal network.
     allow_private: bool,
 }
 
 /// Addresses a policy host on the public internet never has: loopback, private (RFC 1918, ULA),
 /// link-local, unspecified, shared (RFC 6598), multicast and broadcast, also as IPv4-mapped IPv6.
-pub fn is_internal(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -519,11 +360,10 @@ pub fn is_internal(ip: std::net::IpAddr) -> bool {
     }
 }
 
-impl tower_service::Service<Name> for HickoryResolve {
+impl Service<Name> for HickoryResolve {
     type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = Box<dyn StdError + Send + Sync>;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+    type Error = BoxError;
+    type Future = Connecting<Self::Response>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -533,21 +373,23 @@ impl tower_service::Service<Name> for HickoryResolve {
         let dns = self.dns.clone();
         let allow_private = self.allow_private;
         Box::pin(async move {
+            let host = name.as_str();
             let mut ips = dns
-                .lookup_ip(name.as_str())
+                .lookup_ip(host)
                 .await
-                .map_err(|e| Box::new(ResolveError(e)) as Self::Error)?;
+                .map_err(|error| ResolveError::Dns {
+                    host: host.to_string(),
+                    error,
+                })?;
             if !allow_private {
                 let all = ips.clone();
                 ips.retain(|ip| !is_internal(*ip));
                 if ips.is_empty() {
-                    let shown: Vec<String> = all.iter().map(|i| i.to_string()).collect();
-                    return Err(Box::new(ResolveError(format!(
-                        "{} resolves only to internal addresses ({}); not fetched \
-                         ([https] allow_private_addresses = true allows it)",
-                        name.as_str(),
-                        shown.join(", ")
-                    ))) as Self::Error);
+                    return Err(ResolveError::OnlyInternal {
+                        host: host.to_string(),
+                        addrs: all,
+                    }
+                    .into());
                 }
             }
             // Port 0: the connector fills in the port of the URI.
@@ -560,9 +402,301 @@ impl tower_service::Service<Name> for HickoryResolve {
     }
 }
 
+/// `[https] proxy`: the domains it covers and the client whose connections are its tunnels.
+struct Proxied {
+    client: TunnelClient,
+    no_proxy: Matcher,
+}
+
+impl Proxied {
+    /// Whether `domain`'s policy is fetched through the proxy.
+    fn covers(&self, domain: &str) -> bool {
+        goes_through_proxy(&self.no_proxy, domain)
+    }
+}
+
+/// `[https] no_proxy` as hyper-util's curl-compatible matcher for `proxy_url`: an entry matches
+/// the name itself and every name below it (a leading dot changes nothing), `*` matches all, IP
+/// and CIDR entries match only IP literals, case is ignored.
+fn no_proxy_matcher(proxy_url: &str, no_proxy: &[String]) -> Matcher {
+    Matcher::builder()
+        .https(proxy_url)
+        .no(no_proxy.join(","))
+        .build()
+}
+
+/// Whether the policy of `domain` goes through the proxy. The policy domain is matched (as
+/// `[https] no_proxy` is documented), not the policy host `mta-sts.<domain>`.
+fn goes_through_proxy(no_proxy: &Matcher, domain: &str) -> bool {
+    match Uri::try_from(format!("https://{}/", domain.trim_end_matches('.'))) {
+        Ok(uri) => no_proxy.intercept(&uri).is_some(),
+        // Not a host name hyper accepts: the fetch fails either way; the proxy is the default.
+        Err(_) => true,
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 literal.
+fn proxy_authority(proxy: &Proxy) -> String {
+    if proxy.host.contains(':') {
+        format!("[{}]:{}", proxy.host, proxy.port)
+    } else {
+        format!("{}:{}", proxy.host, proxy.port)
+    }
+}
+
+/// A failure reaching the proxy or setting up the tunnel, worded to name the proxy; classified as
+/// [`FetchError::Connect`].
+#[derive(Debug)]
+struct ProxyError(String);
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for ProxyError {}
+
+/// hyper-util's [`Tunnel`] to the proxy, with failures reported by [`ProxyError`]: hyper-util
+/// says only "unsuccessful" when the proxy refuses, so the proxy's status line is kept by
+/// [`HeadTap`] and quoted. The policy host is never resolved here: the proxy resolves it.
+#[derive(Clone)]
+struct ProxyConnector {
+    /// `http://host:port/` as hyper-util parsed it from the proxy URL.
+    uri: Uri,
+    /// `Proxy-Authorization` when the proxy URL carries `user:pass@`.
+    auth: Option<HeaderValue>,
+    /// `host:port` for messages.
+    name: Arc<str>,
+    http: HttpConnector<HickoryResolve>,
+}
+
+impl ProxyConnector {
+    fn new(url: &str, http: HttpConnector<HickoryResolve>) -> Result<ProxyConnector, String> {
+        // Any https URI asks the matcher (which has no `no` list) for the proxy's address and
+        // credentials, parsed the way hyper-util parses HTTPS_PROXY.
+        let intercept = Matcher::builder()
+            .https(url)
+            .build()
+            .intercept(&Uri::from_static("https://mta-sts.invalid/"))
+            .ok_or_else(|| format!("unusable proxy URL {url:?}"))?;
+        let uri = intercept.uri().clone();
+        let name = uri.authority().map(|a| a.as_str()).unwrap_or(url).into();
+        Ok(ProxyConnector {
+            auth: intercept.basic_auth().cloned(),
+            uri,
+            name,
+            http,
+        })
+    }
+}
+
+impl Service<Uri> for ProxyConnector {
+    type Response = TokioIo<HeadTap>;
+    type Error = BoxError;
+    type Future = Connecting<Self::Response>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        // One status line per connection: the tunnel is built for this call only.
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let tap = TapConnector {
+            http: self.http.clone(),
+            status: status.clone(),
+            name: self.name.clone(),
+        };
+        let mut tunnel = Tunnel::new(self.uri.clone(), tap);
+        if let Some(auth) = &self.auth {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        let name = self.name.clone();
+        Box::pin(async move {
+            let fail = |e: &(dyn StdError + 'static)| tunnel_failure(&name, &dst, e, &status);
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx))
+                .await
+                .map_err(|e| fail(&e))?;
+            tunnel.call(dst.clone()).await.map_err(|e| fail(&e))
+        })
+    }
+}
+
+/// The error for a tunnel that did not open: the proxy unreachable (worded by [`TapConnector`]),
+/// refused (with its status line), or broke off.
+fn tunnel_failure(
+    name: &str,
+    dst: &Uri,
+    e: &(dyn StdError + 'static),
+    status: &Mutex<Vec<u8>>,
+) -> BoxError {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(p) = err.downcast_ref::<ProxyError>() {
+            return Box::new(ProxyError(p.0.clone()));
+        }
+        cur = err.source();
+    }
+    let target = format!(
+        "{}:{}",
+        dst.host().unwrap_or_default(),
+        dst.port_u16().unwrap_or(443)
+    );
+    let line = status
+        .lock()
+        .map(|l| String::from_utf8_lossy(&l).trim_end().to_string())
+        .unwrap_or_default();
+    let message = if !line.is_empty() && status_code(&line) != Some(200) {
+        let shown: String = line.chars().take(200).collect();
+        format!("proxy {name} refused CONNECT {target}: {shown:?}")
+    } else {
+        format!("proxy {name}: CONNECT {target}: {}", chain(e))
+    };
+    Box::new(ProxyError(message))
+}
+
+/// The status code of an `HTTP/1.x NNN ...` status line; hyper-util opens the tunnel on 200
+/// only.
+fn status_code(line: &str) -> Option<u16> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?;
+    let code = parts.next()?;
+    if !version.starts_with("HTTP/1.") || code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
+}
+
+/// The TCP connection to the proxy for [`Tunnel`], wrapped in [`HeadTap`]; a failure to reach the
+/// proxy becomes a [`ProxyError`] naming it.
+#[derive(Clone)]
+struct TapConnector {
+    http: HttpConnector<HickoryResolve>,
+    status: Arc<Mutex<Vec<u8>>>,
+    name: Arc<str>,
+}
+
+impl Service<Uri> for TapConnector {
+    type Response = TokioIo<HeadTap>;
+    type Error = BoxError;
+    type Future = Connecting<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let name = self.name.clone();
+        self.http
+            .poll_ready(cx)
+            .map_err(|e| unreachable_proxy(&name, &e).into())
+    }
+
+    fn call(&mut self, proxy: Uri) -> Self::Future {
+        let connecting = self.http.call(proxy);
+        let status = self.status.clone();
+        let name = self.name.clone();
+        Box::pin(async move {
+            let io = connecting.await.map_err(|e| unreachable_proxy(&name, &e))?;
+            Ok(TokioIo::new(HeadTap {
+                io: io.into_inner(),
+                status,
+                done: false,
+            }))
+        })
+    }
+}
+
+fn unreachable_proxy(name: &str, e: &(dyn StdError + 'static)) -> ProxyError {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<ResolveError>() {
+            return ProxyError(format!("cannot resolve proxy {name}: {r}"));
+        }
+        cur = err.source();
+    }
+    ProxyError(format!("cannot connect to proxy {name}: {}", chain(e)))
+}
+
+/// The TCP stream to the proxy; keeps the first line the proxy sends (its status line) for the
+/// message of a refused tunnel, then passes bytes through untouched.
+struct HeadTap {
+    io: TcpStream,
+    status: Arc<Mutex<Vec<u8>>>,
+    done: bool,
+}
+
+/// Appends the part of `read` up to the first line end to `status`; true once the line is
+/// complete or [`MAX_STATUS_LINE`] long.
+fn remember(status: &Mutex<Vec<u8>>, read: &[u8]) -> bool {
+    let Ok(mut line) = status.lock() else {
+        return true;
+    };
+    let room = MAX_STATUS_LINE.saturating_sub(line.len());
+    let end = read.iter().position(|&b| b == b'\n');
+    let take = end.map_or(read.len(), |i| i + 1).min(room);
+    line.extend_from_slice(&read[..take]);
+    end.is_some_and(|i| i < room) || line.len() >= MAX_STATUS_LINE
+}
+
+impl AsyncRead for HeadTap {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if !self.done && matches!(polled, Poll::Ready(Ok(()))) {
+            self.done = remember(&self.status, &buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for HeadTap {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for HeadTap {
+    /// A plain connection as far as hyper is concerned: requests inside the tunnel keep the
+    /// origin form.
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
     use super::*;
+    use crate::config::DnsConfig;
 
     #[test]
     fn internal_addresses_are_recognised() {
@@ -611,17 +745,39 @@ mod tests {
         assert!(!is_text_plain(""));
     }
 
+    fn proxied(no_proxy: &[&str], domain: &str) -> bool {
+        let list: Vec<String> = no_proxy.iter().map(|e| e.to_string()).collect();
+        goes_through_proxy(&no_proxy_matcher("http://127.0.0.1:3128", &list), domain)
+    }
+
     #[test]
     fn no_proxy_matches_domain_and_subdomains() {
-        let np: Vec<String> = vec!["example.com".into(), "corp".into()];
-        assert!(bypasses_proxy(&np, "example.com"));
-        assert!(bypasses_proxy(&np, "Mail.Example.com."));
-        assert!(bypasses_proxy(&np, "a.b.corp"));
-        assert!(!bypasses_proxy(&np, "badexample.com"));
-        assert!(!bypasses_proxy(&np, "example.org"));
-        assert!(!bypasses_proxy(&np, "com"));
-        assert!(!bypasses_proxy(&[], "example.com"));
-        assert!(bypasses_proxy(&["*".to_string()], "anything.test"));
+        let np = ["example.com", "corp"];
+        assert!(!proxied(&np, "example.com"));
+        assert!(!proxied(&np, "Mail.Example.com."));
+        assert!(!proxied(&np, "a.b.corp"));
+        assert!(proxied(&np, "badexample.com"));
+        assert!(proxied(&np, "example.org"));
+        assert!(proxied(&np, "com"));
+        assert!(proxied(&[], "example.com"));
+        assert!(!proxied(&["*"], "anything.test"));
+    }
+
+    #[test]
+    fn no_proxy_entries_follow_curl() {
+        // A leading dot changes nothing: the name itself and every name below it.
+        assert!(!proxied(&[".example.com"], "example.com"));
+        assert!(!proxied(&[".example.com"], "mx.example.com"));
+        assert!(proxied(&[".example.com"], "badexample.com"));
+        // Case is ignored on both sides; blanks around an entry are dropped.
+        assert!(!proxied(&["EXAMPLE.com"], "example.COM"));
+        assert!(!proxied(&[" example.com "], "example.com"));
+        // `*` covers everything, but only alone: no other wildcard exists.
+        assert!(proxied(&["*.example.com"], "mx.example.com"));
+        // IP and CIDR entries match IP literals only, never a policy domain.
+        assert!(proxied(&["192.0.2.1", "10.0.0.0/8", "::1"], "example.com"));
+        // The policy domain is matched, not the policy host `mta-sts.<domain>`.
+        assert!(proxied(&["mta-sts.example.com"], "example.com"));
     }
 
     #[test]
@@ -635,26 +791,105 @@ mod tests {
     }
 
     #[test]
-    fn connect_status_must_be_2xx() {
-        assert!(connect_succeeded("HTTP/1.1 200 Connection established"));
-        assert!(connect_succeeded("HTTP/1.0 200"));
-        assert!(connect_succeeded("HTTP/1.1 204 No Content"));
-        assert!(!connect_succeeded("HTTP/1.1 403 Forbidden"));
-        assert!(!connect_succeeded(
-            "HTTP/1.1 407 Proxy Authentication Required"
-        ));
-        assert!(!connect_succeeded("HTTP/1.1 2000 OK"));
-        assert!(!connect_succeeded("HTTP/2 200"));
-        assert!(!connect_succeeded("SSH-2.0-OpenSSH"));
-        assert!(!connect_succeeded(""));
+    fn tunnel_opens_on_status_200_only() {
+        assert_eq!(
+            status_code("HTTP/1.1 200 Connection established"),
+            Some(200)
+        );
+        assert_eq!(status_code("HTTP/1.0 200"), Some(200));
+        assert_eq!(status_code("HTTP/1.1 204 No Content"), Some(204));
+        assert_eq!(status_code("HTTP/1.1 403 Forbidden"), Some(403));
+        assert_eq!(status_code("HTTP/1.1 2000 OK"), None);
+        assert_eq!(status_code("HTTP/2 200"), None);
+        assert_eq!(status_code("SSH-2.0-OpenSSH"), None);
+        assert_eq!(status_code(""), None);
     }
 
     #[test]
-    fn proxy_head_end_is_found_across_reads() {
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nXX", 0), Some(19));
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\n", 17), Some(19));
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\n\nX", 0), Some(17));
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n", 0), None);
+    fn status_line_is_kept_across_reads_and_bounded() {
+        let status = Arc::new(Mutex::new(Vec::new()));
+        assert!(!remember(&status, b"HTTP/1.1 403"));
+        assert!(remember(&status, b" Forbidden\r\nVia: x\r\n\r\n"));
+        assert_eq!(&*status.lock().unwrap(), b"HTTP/1.1 403 Forbidden\r\n");
+        let long = Arc::new(Mutex::new(Vec::new()));
+        assert!(remember(&long, &[b'x'; 2 * MAX_STATUS_LINE]));
+        assert_eq!(long.lock().unwrap().len(), MAX_STATUS_LINE);
+    }
+
+    /// A proxy that reads one request head, answers `answer` and closes; yields the head.
+    async fn one_shot_proxy(answer: &'static [u8]) -> (SocketAddr, JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(answer).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    async fn tunnel_error(proxy_url: &str) -> String {
+        let dns = Dns::new(&DnsConfig {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let http = http_connector(&dns, true, Duration::from_secs(2));
+        let mut proxy = ProxyConnector::new(proxy_url, http).unwrap();
+        match proxy
+            .call(Uri::from_static("https://mta-sts.example.test:443/"))
+            .await
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("the tunnel opened"),
+        }
+    }
+
+    #[tokio::test]
+    async fn proxy_credentials_are_sent_and_a_refusal_quotes_the_status_line() {
+        let (addr, head) =
+            one_shot_proxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
+        let err = tunnel_error(&format!("http://user:pa%20ss@{addr}")).await;
+        let head = head.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT mta-sts.example.test:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        // base64("user:pa ss"): the password percent-decoded, as in the URL userinfo.
+        assert!(
+            head.contains("\r\nProxy-Authorization: Basic dXNlcjpwYSBzcw==\r\n"),
+            "{head}"
+        );
+        assert_eq!(
+            err,
+            format!(
+                "proxy {addr} refused CONNECT mta-sts.example.test:443: \
+                 \"HTTP/1.1 407 Proxy Authentication Required\""
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_closing_without_an_answer_names_proxy_and_target() {
+        let (addr, head) = one_shot_proxy(b"").await;
+        let err = tunnel_error(&format!("http://{addr}")).await;
+        let head = head.await.unwrap();
+        assert!(
+            !head.to_ascii_lowercase().contains("proxy-authorization"),
+            "{head}"
+        );
+        assert!(
+            err.starts_with(&format!("proxy {addr}: CONNECT mta-sts.example.test:443: ")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,22 +1,26 @@
 //! Discovery: everything that asks the network about a domain's MTA-STS policy.
 //!
-//! Owns the [`PolicySource`] seam (`source.rs`, a leaf: the trait and the outcome types that
-//! answers, logs and counters share), the real DNS edge (`dns.rs`, the only user of hickory),
-//! the real HTTPS edge (`https.rs`, the only user of hyper's client and rustls), the real source
-//! that joins them (`net.rs`) and one discovery run over any source (`discover.rs`: TXT record,
-//! fetch, RFC 8461 parse).
+//! Owns the failure vocabulary (`error.rs`, a leaf: [`DnsError`] and [`FetchError`], their
+//! messages, labels and metrics outcomes), the [`PolicySource`] seam (`source.rs`: the trait and
+//! the outcome types that answers, logs and counters share), the real DNS edge (`dns.rs`, the
+//! only user of hickory), the real HTTPS edge (`https.rs`, the only user of hyper's client and
+//! rustls), the real source that joins them (`net.rs`) and one discovery run over any source
+//! (`discover.rs`: TXT record, fetch, RFC 8461 parse).
 //!
 //! May import: `policy`, `config`, `metrics`, `clock`. Never the cache, the resolver or anything
-//! that serves. Inside: `source` ← `dns` ← `https` ← `net`; `discover` uses `source` only.
+//! that serves. Inside: `error` ← `source` ← `dns` ← `https` ← `net`; `discover` uses `error` and
+//! `source` only.
 
 mod discover;
 pub mod dns;
+mod error;
 pub mod https;
 pub mod net;
 pub mod source;
 
 pub use discover::{Discovery, FetchFailure, Known, Outcome, discover};
+pub use error::{DnsError, FetchError};
 pub use net::NetSource;
 #[cfg(test)]
 pub(crate) use source::fake;
-pub use source::{BoxFuture, FetchError, NoPolicy, PolicySource, TxtLookup};
+pub use source::{BoxFuture, NoPolicy, PolicySource, TxtLookup};

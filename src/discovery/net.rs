@@ -1,9 +1,10 @@
-//! The real [`PolicySource`]: DNS through [`super::dns`], HTTPS through [`super::https`]. The
-//! only file of this layer that knows both, so that neither edge imports the other.
+//! The real [`PolicySource`]: the TXT lookup through [`super::dns`], the policy fetch through
+//! [`super::https`] (which resolves the policy host with the same resolver).
 
 use super::dns::Dns;
+use super::error::FetchError;
 use super::https::Fetcher;
-use super::source::{BoxFuture, FetchError, PolicySource, TxtLookup};
+use super::source::{BoxFuture, PolicySource, TxtLookup};
 
 /// The real source: hickory for DNS, hyper + rustls for HTTPS, both on the configured resolver.
 pub struct NetSource {

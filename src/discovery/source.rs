@@ -2,13 +2,15 @@
 //! `_mta-sts` TXT record and fetches the policy file over HTTPS.
 //!
 //! The request path, background refresh and `query` depend on this trait only; the real
-//! implementation ([`NetSource`]) joins `dns.rs` and `fetch.rs`, and tests substitute fakes. The
-//! outcome enums here are the one classification that answers, logs and counters all use.
+//! implementation ([`super::NetSource`]) joins `dns.rs` and `https.rs`, and tests substitute
+//! fakes. The outcome enums here, with the errors of `error.rs`, are the one classification that
+//! answers, logs and counters all use.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use super::error::{DnsError, FetchError};
 use crate::policy::{StsRecord, TxtError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -22,7 +24,7 @@ pub enum TxtLookup {
     /// usable policy (§3.1). A cached policy still stays in force (§3.1, §5.1).
     NoPolicy(NoPolicy),
     /// SERVFAIL, timeout, network error: nothing can be concluded.
-    Temp(String),
+    Temp(DnsError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,76 +43,6 @@ impl fmt::Display for NoPolicy {
         }
     }
 }
-
-/// Why an HTTPS policy fetch failed (RFC 8461 §3.3). Each variant is one failure class for logs
-/// and counters; [`FetchError::class`] names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchError {
-    /// The whole fetch did not finish within `[https] timeout`.
-    Timeout,
-    /// The policy host `mta-sts.<domain>` has no address, or resolving it failed.
-    Resolve(String),
-    /// TCP connect failed.
-    Connect(String),
-    /// TLS failed: certificate not trusted, expired, not valid for the name, handshake error
-    /// (RFC 8461 §3.3; RFC 8460 `sts-webpki-invalid`).
-    Tls(String),
-    /// Anything but 200; 3xx redirects are never followed (§3.3).
-    Status { code: u16, location: Option<String> },
-    /// Media type other than text/plain, or none (§3.2).
-    ContentType(Option<String>),
-    /// Body over 64 KiB (§3.3), by Content-Length or while streaming.
-    TooLarge,
-    /// The connection broke or the HTTP exchange was malformed.
-    Http(String),
-}
-
-impl FetchError {
-    /// Short stable name of the failure class.
-    pub fn class(&self) -> &'static str {
-        match self {
-            FetchError::Timeout => "timeout",
-            FetchError::Resolve(_) => "resolve",
-            FetchError::Connect(_) => "connect",
-            FetchError::Tls(_) => "tls-verify",
-            FetchError::Status { .. } => "http-status",
-            FetchError::ContentType(_) => "content-type",
-            FetchError::TooLarge => "too-large",
-            FetchError::Http(_) => "http",
-        }
-    }
-}
-
-impl fmt::Display for FetchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FetchError::Timeout => f.write_str("policy fetch timed out"),
-            FetchError::Resolve(e) => write!(f, "cannot resolve the policy host: {e}"),
-            FetchError::Connect(e) => write!(f, "cannot connect to the policy host: {e}"),
-            FetchError::Tls(e) => write!(f, "TLS failure: {e}"),
-            FetchError::Status {
-                code,
-                location: Some(l),
-            } => write!(
-                f,
-                "HTTP status {code} (redirect to {l} not followed, RFC 8461 §3.3)"
-            ),
-            FetchError::Status { code, .. } => {
-                write!(f, "HTTP status {code} (only 200 is valid, RFC 8461 §3.3)")
-            }
-            FetchError::ContentType(Some(t)) => {
-                write!(f, "media type {t:?} is not text/plain (RFC 8461 §3.2)")
-            }
-            FetchError::ContentType(None) => {
-                f.write_str("no Content-Type; text/plain is required (RFC 8461 §3.2)")
-            }
-            FetchError::TooLarge => f.write_str("policy body larger than 64 KiB (RFC 8461 §3.3)"),
-            FetchError::Http(e) => write!(f, "HTTP error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for FetchError {}
 
 /// Ask DNS, fetch HTTPS. Implementations bound every call by their own timeouts.
 pub trait PolicySource: Send + Sync + 'static {

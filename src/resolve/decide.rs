@@ -62,7 +62,12 @@ pub enum Event {
     NoPolicy { reason: String, dropped: bool },
     /// The TXT lookup failed and nothing valid is cached: not remembered, so that a DNS hiccup
     /// cannot hide a policy for long. `dropped` as above.
-    DnsFailed { reason: String, dropped: bool },
+    DnsFailed {
+        reason: String,
+        /// The failure's one-word class (timeout, refused, servfail, ...).
+        class: &'static str,
+        dropped: bool,
+    },
     /// The fetch failed and nothing valid is cached: backed off (RFC 8461 §3.3).
     FetchFailed { id: String, failure: FetchFailure },
     /// Something failed but a valid policy is cached: it stays (RFC 8461 §3.3, §5.1).
@@ -176,7 +181,11 @@ pub fn decide(
                     } else {
                         Journal::Nothing
                     },
-                    event: Event::DnsFailed { reason, dropped },
+                    event: Event::DnsFailed {
+                        reason,
+                        class: why.label(),
+                        dropped,
+                    },
                 };
             }
             format!("TXT lookup failed: {why}")
@@ -292,7 +301,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::discovery::{FetchError, NoPolicy};
+    use crate::discovery::{DnsError, FetchError, NoPolicy};
     use crate::policy::{TxtError, parse_policy};
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -470,7 +479,7 @@ mod tests {
         let fresh = decide(
             "example.test",
             None,
-            Outcome::DnsTemp("SERVFAIL".into()),
+            Outcome::DnsTemp(DnsError::ServFail),
             now(),
             &timing(),
         );
@@ -481,7 +490,7 @@ mod tests {
         let d = decide(
             "example.test",
             Some(&expired),
-            Outcome::DnsTemp("SERVFAIL".into()),
+            Outcome::DnsTemp(DnsError::ServFail),
             now(),
             &timing(),
         );

@@ -73,7 +73,7 @@ pub(crate) mod tests {
     use crate::cache::Cache;
     use crate::clock::TokioClock;
     use crate::discovery::fake::FakeSource;
-    use crate::discovery::{FetchError, NoPolicy, TxtLookup};
+    use crate::discovery::{DnsError, FetchError, NoPolicy, TxtLookup};
 
     pub(crate) const INTERVAL: Duration = Duration::from_secs(86_400);
 
@@ -117,7 +117,7 @@ pub(crate) mod tests {
             id_of(&resolve(&r, "example.test").await).as_deref(),
             Some("one")
         );
-        fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
+        fake.set_txt(TxtLookup::Temp(DnsError::ServFail));
         fake.set_fetch(Err(FetchError::Timeout));
         assert_eq!(
             id_of(&r.refresh("example.test").await).as_deref(),
@@ -223,7 +223,7 @@ pub(crate) mod tests {
         resolve(&r, "none.test").await;
         assert_eq!(fake.calls().0, 2, "asked again after negative_ttl");
 
-        fake.set_txt(TxtLookup::Temp("timeout".into()));
+        fake.set_txt(TxtLookup::Temp(DnsError::Timeout));
         assert!(matches!(
             resolve(&r, "temp.test").await,
             Resolution::Failed(_)

@@ -64,7 +64,7 @@ mod tests {
     use super::*;
     use crate::cache::PolicyEntry;
     use crate::discovery::fake::FakeSource;
-    use crate::discovery::{FetchError, NoPolicy, TxtLookup};
+    use crate::discovery::{DnsError, FetchError, NoPolicy, TxtLookup};
     use crate::policy::{Mode, parse_policy};
     use crate::resolve::Resolution;
     use crate::resolve::tests::{id_of, policy, resolve, resolver};
@@ -224,7 +224,7 @@ mod tests {
         let r = resolver(&fake);
         resolve(&r, "example.test").await;
         let _stop = start(&r, 2);
-        fake.set_txt(TxtLookup::Temp("SERVFAIL".into()));
+        fake.set_txt(TxtLookup::Temp(DnsError::ServFail));
         fake.set_fetch(Err(FetchError::Timeout));
         tokio::time::sleep(HOUR + Duration::from_secs(1800)).await;
         // Still served while the failures are backed off.

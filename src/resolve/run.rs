@@ -16,10 +16,10 @@ use crate::cache::journal::{Record, Store};
 use crate::cache::schedule::{Due, Schedule, Timing};
 use crate::cache::{Cache, Change, Hit, PolicyEntry};
 use crate::clock::Clock;
-use crate::discovery::{self, NoPolicy, Outcome, PolicySource};
+use crate::discovery::{self, PolicySource};
 use crate::key;
 use crate::metrics::{self, Metrics};
-use crate::policy::{Policy, TxtError};
+use crate::policy::Policy;
 
 pub struct Resolver {
     cache: Cache,
@@ -195,7 +195,7 @@ impl Resolver {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let d = discovery::discover(&*source, domain, known).await;
-        self.metrics.discovery(discovery_outcome(&d.outcome));
+        self.metrics.discovery(metrics::Outcome::from(&d.outcome));
         let elapsed_ms = d.elapsed.as_millis() as u64;
         let decision = decide::decide(domain, state.as_ref(), d.outcome, self.clock.now(), &timing);
         self.apply(domain, decision, elapsed_ms).await
@@ -272,14 +272,14 @@ impl Resolver {
                     );
                 }
             }
-            Event::DnsFailed { reason, .. } => info!(
+            Event::DnsFailed { reason, class, .. } => info!(
                 domain,
-                reason, elapsed_ms, "TXT lookup failed; no policy cached"
+                reason, class, elapsed_ms, "TXT lookup failed; no policy cached"
             ),
             Event::FetchFailed { id, failure } => info!(
                 domain,
                 id,
-                class = failure.class(),
+                class = failure.label(),
                 report = failure.report_class(),
                 reason = %failure,
                 elapsed_ms,
@@ -403,27 +403,6 @@ impl Resolver {
     /// Scheduled checks, stale ones included (for tests and status).
     pub fn scheduled(&self) -> usize {
         self.schedule.len()
-    }
-}
-
-/// The metrics class of a discovery's outcome.
-fn discovery_outcome(o: &Outcome) -> metrics::Outcome {
-    match o {
-        Outcome::Fetched { .. } => metrics::Outcome::Policy,
-        Outcome::Unchanged { .. } => metrics::Outcome::Unchanged,
-        Outcome::NoPolicy(NoPolicy::NxDomain) => metrics::Outcome::NxDomain,
-        Outcome::NoPolicy(NoPolicy::NoData) => metrics::Outcome::NoData,
-        Outcome::NoPolicy(NoPolicy::Txt(TxtError::MultipleStsRecords(_))) => {
-            metrics::Outcome::MultipleRecords
-        }
-        Outcome::NoPolicy(NoPolicy::Txt(_)) => metrics::Outcome::BadRecord,
-        Outcome::DnsTemp(reason) if reason.contains("timeout") || reason.contains("timed out") => {
-            metrics::Outcome::DnsTimeout
-        }
-        Outcome::DnsTemp(_) => metrics::Outcome::DnsError,
-        Outcome::FetchFailed { failure, .. } => {
-            metrics::Outcome::from_label(failure.class()).unwrap_or(metrics::Outcome::Http)
-        }
     }
 }
 
