@@ -76,13 +76,63 @@ pub struct Daemon {
     tasks: JoinSet<()>,
 }
 
-/// Why the daemon could not start.
+/// Why the daemon could not start, each kind with the exit status (sysexits.h) `serve` ends
+/// with, so that an operator or a supervisor can tell a bad setting from a busy port.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// The configuration cannot be applied as written (an unknown `control.group`, a policy
+    /// source that cannot be built).
+    Config(String),
+    /// Sockets passed by systemd that cannot be used (sd_listen_fds(3)).
+    Activation(String),
+    /// A configured listener cannot be bound (address in use, not local, no permission).
+    Bind(String),
+    /// The state directory cannot be created, locked (another instance holds it) or read.
+    StateDir(String),
+    /// Switching to `[daemon] user` failed.
+    Privileges(String),
+    /// Anything else: a failed task, a runtime that cannot start, signal handlers.
+    Software(String),
+}
+
+/// sysexits.h: a service is unavailable.
+pub const EX_UNAVAILABLE: u8 = 69;
+/// sysexits.h: an internal software error.
+pub const EX_SOFTWARE: u8 = 70;
+/// sysexits.h: a (user specified) output file cannot be created.
+pub const EX_CANTCREAT: u8 = 73;
+/// sysexits.h: insufficient permission to perform the operation.
+pub const EX_NOPERM: u8 = 77;
+/// sysexits.h: a configuration error.
+pub const EX_CONFIG: u8 = 78;
+
+impl StartError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Activation(_) => EX_CONFIG,
+            StartError::Bind(_) => EX_UNAVAILABLE,
+            StartError::StateDir(_) => EX_CANTCREAT,
+            StartError::Privileges(_) => EX_NOPERM,
+            StartError::Software(_) => EX_SOFTWARE,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            StartError::Config(m)
+            | StartError::Activation(m)
+            | StartError::Bind(m)
+            | StartError::StateDir(m)
+            | StartError::Privileges(m)
+            | StartError::Software(m) => m,
+        }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
@@ -96,13 +146,13 @@ impl Daemon {
         // The cache is loaded before any listener exists, so the first lookup already sees every
         // policy that was ever answered (warm restart).
         let started = tokio::time::Instant::now();
-        let lock = lock_state_dir(&config.cache.dir).map_err(StartError)?;
+        let lock = lock_state_dir(&config.cache.dir).map_err(StartError::StateDir)?;
         let dir = config.cache.dir.clone();
         let now = opts.clock.now();
         let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
             .await
-            .map_err(|e| StartError(format!("policy cache: loader failed: {e}")))?
-            .map_err(|e| StartError(format!("policy cache: {e}")))?;
+            .map_err(|e| StartError::Software(format!("policy cache: loader failed: {e}")))?
+            .map_err(|e| StartError::StateDir(format!("policy cache: {e}")))?;
         let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
         let map_names: Vec<&str> = config.maps.keys().map(String::as_str).collect();
         let metrics = Arc::new(Metrics::with_maps(&map_names));
@@ -135,7 +185,8 @@ impl Daemon {
         );
         let resolver = Arc::new(resolver);
 
-        // Sockets passed by systemd replace the configured listeners of their protocol (F2.4).
+        // Sockets passed by systemd replace the configured listeners of their protocol
+        // (sd_listen_fds(3): the service binds only what it was not given).
         let mut activated = opts.activated.unwrap_or_default();
         let mut inherited = BTreeSet::new();
         let mut listeners: Vec<(Protocol, Option<ListenAddr>, Listener)> = Vec::new();
@@ -143,7 +194,7 @@ impl Daemon {
             for l in activated.take(protocol) {
                 inherited.insert(protocol.name());
                 let l = Listener::inherited(l).map_err(|e| {
-                    StartError(format!("socket activation ({}): {e}", protocol.name()))
+                    StartError::Activation(format!("socket activation ({}): {e}", protocol.name()))
                 })?;
                 listeners.push((protocol, None, l));
             }
@@ -154,7 +205,7 @@ impl Daemon {
             }
             for addr in &l.listen {
                 let listener = Listener::bind(addr, l.unix_mode).await.map_err(|e| {
-                    StartError(format!(
+                    StartError::Bind(format!(
                         "cannot listen on {addr} ({}): {e}",
                         protocol.name()
                     ))
@@ -162,26 +213,32 @@ impl Daemon {
                 listeners.push((protocol, Some(addr.clone()), listener));
             }
         }
-        let metrics_listener =
-            match config.metrics_listen {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    StartError(format!("cannot listen on inet:{addr} (metrics): {e}"))
-                })?),
-                None => None,
-            };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                StartError::Bind(format!("cannot listen on inet:{addr} (metrics): {e}"))
+            })?),
+            None => None,
+        };
         let control_group = match &config.control.group {
-            Some(name) => Some((name.clone(), control::group_id(name).map_err(StartError)?)),
+            Some(name) => Some((
+                name.clone(),
+                control::group_id(name).map_err(StartError::Config)?,
+            )),
             None => None,
         };
         let (control_listener, control_path) = match activated.control.pop() {
             Some(l) => match Listener::inherited(l) {
                 Ok(Listener::Unix(u, _)) => (Some(u), None),
                 Ok(Listener::Tcp(_)) => {
-                    return Err(StartError(
+                    return Err(StartError::Activation(
                         "socket activation: the control socket must be a unix socket".into(),
                     ));
                 }
-                Err(e) => return Err(StartError(format!("socket activation (control): {e}"))),
+                Err(e) => {
+                    return Err(StartError::Activation(format!(
+                        "socket activation (control): {e}"
+                    )));
+                }
             },
             None => match &config.control.socket {
                 Some(path) => {
@@ -192,7 +249,7 @@ impl Daemon {
                     )
                     .await
                     .map_err(|e| {
-                        StartError(format!(
+                        StartError::Bind(format!(
                             "cannot listen on unix:{} (control): {e}",
                             path.display()
                         ))
@@ -217,7 +274,7 @@ impl Daemon {
             }
             let owned: Vec<&std::path::Path> = owned.iter().map(PathBuf::as_path).collect();
             crate::service::drop_privileges(user, config.daemon.group.as_deref(), &owned)
-                .map_err(StartError)?;
+                .map_err(StartError::Privileges)?;
         }
         let shared = Arc::new(Shared {
             resolver: resolver.clone(),
@@ -290,7 +347,7 @@ impl Daemon {
     ) -> Result<(), StartError> {
         let bound = listener
             .local_addr()
-            .map_err(|e| StartError(format!("listener address: {e}")))?;
+            .map_err(|e| StartError::Bind(format!("listener address: {e}")))?;
         // Logged before start() returns, so "listening" always precedes "ready".
         info!(protocol = protocol.name(), listen = %bound, inherited = configured.is_none(), "listening");
         let (stop, stop_rx) = watch::channel(false);
@@ -407,7 +464,7 @@ impl Daemon {
         let added_n = added.len();
         for (protocol, addr, l) in added {
             self.spawn_listener(protocol, Some(addr), l)
-                .map_err(|e| e.0)?;
+                .map_err(|e| e.to_string())?;
         }
         // Unix socket modes may have changed for sockets that stay.
         for (_, addr, mode) in &wanted {

@@ -24,6 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::config::{Config, DEFAULT_MAP, DEFAULT_PATH, ListenAddr};
+use crate::proto::Protocol;
 
 /// What `postconf` said, as plain data, so the analysis is pure and testable from fixtures.
 #[derive(Debug, Clone, Default)]
@@ -500,7 +501,7 @@ fn suggested_table(pf: &Postfix, cfg: &Config) -> (String, Option<String>) {
             _ => None,
         })
     };
-    if let Some(a) = tcp(&cfg.socketmap.listen) {
+    if let Some(a) = tcp(cfg.listen_of("socketmap")) {
         return (format!("socketmap:inet:{a}:postfix"), None);
     }
     let queue_dir = pf.queue_directory();
@@ -515,7 +516,7 @@ fn suggested_table(pf: &Postfix, cfg: &Config) -> (String, Option<String>) {
             rel.to_string()
         }
     };
-    let unix = cfg.socketmap.listen.iter().find_map(|l| match l {
+    let unix = cfg.listen_of("socketmap").iter().find_map(|l| match l {
         ListenAddr::Unix(p) => Some(p),
         _ => None,
     });
@@ -528,7 +529,7 @@ fn suggested_table(pf: &Postfix, cfg: &Config) -> (String, Option<String>) {
             return (format!("socketmap:unix:{}:postfix", inside(rel)), None);
         }
     }
-    if let Some(a) = tcp(&cfg.tcp_table.listen) {
+    if let Some(a) = tcp(cfg.listen_of("tcp_table")) {
         return (format!("tcp:{a}"), None);
     }
     if unix.is_some() {
@@ -557,10 +558,10 @@ fn config_file(cfg: &Config) -> String {
 
 fn listeners_text(cfg: &Config) -> String {
     let mut v: Vec<String> = Vec::new();
-    for l in &cfg.socketmap.listen {
+    for l in cfg.listen_of("socketmap") {
         v.push(format!("socketmap {l}"));
     }
-    for l in &cfg.tcp_table.listen {
+    for l in cfg.listen_of("tcp_table") {
         v.push(format!("tcp_table {l}"));
     }
     v.join(", ")
@@ -580,11 +581,14 @@ enum Status {
 
 fn classify(t: &Table, pf: &Postfix, cfg: &Config) -> Status {
     let listeners = cfg
-        .socketmap
-        .listen
+        .listen_of("socketmap")
         .iter()
         .map(|l| (Proto::Socketmap, l))
-        .chain(cfg.tcp_table.listen.iter().map(|l| (Proto::TcpTable, l)));
+        .chain(
+            cfg.listen_of("tcp_table")
+                .iter()
+                .map(|l| (Proto::TcpTable, l)),
+        );
     let main_cf = pf.main_cf();
     let wrong = |l: &ListenAddr, lp: Proto| {
         let replacement = match (lp, l) {
@@ -672,11 +676,14 @@ fn classify(t: &Table, pf: &Postfix, cfg: &Config) -> Status {
                 pf.smtp_clients()
             };
             let unix_listener = |p: &Path| {
-                cfg.socketmap
-                    .listen
+                cfg.listen_of("socketmap")
                     .iter()
                     .map(|l| (Proto::Socketmap, l))
-                    .chain(cfg.tcp_table.listen.iter().map(|l| (Proto::TcpTable, l)))
+                    .chain(
+                        cfg.listen_of("tcp_table")
+                            .iter()
+                            .map(|l| (Proto::TcpTable, l)),
+                    )
                     .find(|(_, l)| matches!(l, ListenAddr::Unix(lp) if normalize(lp) == p))
             };
             let hits: Vec<Option<(Proto, &ListenAddr)>> = views
@@ -820,7 +827,9 @@ fn check_policy_maps(pf: &Postfix, cfg: &Config, findings: &mut Vec<Finding>) ->
             let map_key = match (t.proto, &t.name) {
                 (Proto::Socketmap, Some(n)) if cfg.maps.contains_key(n) => n.clone(),
                 (Proto::Socketmap, _) => DEFAULT_MAP.to_string(),
-                (Proto::TcpTable, _) => cfg.tcp_table_map.clone(),
+                (Proto::TcpTable, _) => Protocol::from_name("tcp_table")
+                    .map_or(DEFAULT_MAP, |p| cfg.profile_for(p, None).0)
+                    .to_string(),
             };
             used.push(Used {
                 table: t.text.clone(),
