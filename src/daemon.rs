@@ -609,3 +609,41 @@ fn settings(config: &Config) -> Settings {
         refresh_interval: config.refresh.interval,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_map_to_sysexits() {
+        let code = |e: StartError| e.exit_code();
+        assert_eq!(code(StartError::Config(String::new())), 78);
+        assert_eq!(code(StartError::Activation(String::new())), 78);
+        assert_eq!(code(StartError::Bind(String::new())), 69);
+        assert_eq!(code(StartError::StateDir(String::new())), 73);
+        assert_eq!(code(StartError::Privileges(String::new())), 77);
+        assert_eq!(code(StartError::Software(String::new())), 70);
+        assert_eq!(StartError::Bind("in use".into()).to_string(), "in use");
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_that_cannot_be_created_is_a_state_dir_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plainfile");
+        std::fs::write(&file, "x").unwrap();
+        let text = format!(
+            "[cache]\ndir = \"{}\"\n[control]\nsocket = \"\"\n",
+            file.join("state").display()
+        );
+        let config = Arc::new(Config::parse(&text, None).unwrap());
+        let source = Arc::new(crate::discovery::fake::FakeSource::default());
+        let opts = Options::new(source, Arc::new(crate::clock::SystemClock));
+        match Daemon::start(config, opts).await {
+            Ok(_) => panic!("the daemon started"),
+            Err(e) => {
+                assert!(matches!(e, StartError::StateDir(_)), "{e:?}");
+                assert_eq!(e.exit_code(), 73);
+            }
+        }
+    }
+}
