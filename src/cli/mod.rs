@@ -2,9 +2,9 @@
 //! layer: it may import every other module, and nothing imports it; it holds no protocol or
 //! policy logic of its own.
 //!
-//! One file per command: [`serve`] (logging, daemon start, signal loop), [`query`], [`ctl`]
-//! (the control-socket client) and [`check_config`] (`check-config` and `check`), over two
-//! leaves, [`exit`] (sysexits.h statuses) and [`source`] (the network policy source). Exit
+//! One file per command: `serve` (logging, daemon start, signal loop), `query`, `ctl`
+//! (the control-socket client) and `check_config` (`check-config` and `check`), over two
+//! leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
 //! statuses: 0 success, 1 a finding or a negative answer, 64 usage, 69 unavailable, 70 software,
 //! 73 state directory, 77 permission, 78 configuration.
 

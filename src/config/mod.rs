@@ -4,9 +4,9 @@
 //! opens no socket and sets no global. Unknown keys are rejected so that a typo is an error, not a
 //! silently ignored setting. Every error names the file and the key.
 //!
-//! One file per concern: [`raw`] (the file as written, with defaults), [`listen`] (one listener
-//! section per registered protocol), [`net`] (`[dns]`, `[https]`), [`maps`] (`[maps.NAME]`),
-//! [`runtime`] (the daemon's own sections) and [`error`]; each section has its own validation.
+//! One file per concern: `raw` (the file as written, with defaults), `listen` (one listener
+//! section per registered protocol), `net` (`[dns]`, `[https]`), `maps` (`[maps.NAME]`),
+//! `runtime` (the daemon's own sections) and `error`; each section has its own validation.
 //! This file assembles them. `config/` may import `answer` (rendering profiles) and `proto` (the
 //! protocol registry) and nothing higher.
 
