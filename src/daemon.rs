@@ -77,13 +77,63 @@ pub struct Daemon {
     tasks: JoinSet<()>,
 }
 
-/// Why the daemon could not start.
+/// Why the daemon could not start, each kind with the exit status (sysexits.h) `serve` ends
+/// with, so that an operator or a supervisor can tell a bad setting from a busy port.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// The configuration cannot be applied as written (an unknown `control.group`, a policy
+    /// source that cannot be built).
+    Config(String),
+    /// Sockets passed by systemd that cannot be used (sd_listen_fds(3)).
+    Activation(String),
+    /// A configured listener cannot be bound (address in use, not local, no permission).
+    Bind(String),
+    /// The state directory cannot be created, locked (another instance holds it) or read.
+    StateDir(String),
+    /// Switching to `[daemon] user` failed.
+    Privileges(String),
+    /// Anything else: a failed task, a runtime that cannot start, signal handlers.
+    Software(String),
+}
+
+/// sysexits.h: a service is unavailable.
+pub const EX_UNAVAILABLE: u8 = 69;
+/// sysexits.h: an internal software error.
+pub const EX_SOFTWARE: u8 = 70;
+/// sysexits.h: a (user specified) output file cannot be created.
+pub const EX_CANTCREAT: u8 = 73;
+/// sysexits.h: insufficient permission to perform the operation.
+pub const EX_NOPERM: u8 = 77;
+/// sysexits.h: a configuration error.
+pub const EX_CONFIG: u8 = 78;
+
+impl StartError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Activation(_) => EX_CONFIG,
+            StartError::Bind(_) => EX_UNAVAILABLE,
+            StartError::StateDir(_) => EX_CANTCREAT,
+            StartError::Privileges(_) => EX_NOPERM,
+            StartError::Software(_) => EX_SOFTWARE,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            StartError::Config(m)
+            | StartError::Activation(m)
+            | StartError::Bind(m)
+            | StartError::StateDir(m)
+            | StartError::Privileges(m)
+            | StartError::Software(m) => m,
+        }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
@@ -97,13 +147,13 @@ impl Daemon {
         // The cache is loaded before any listener exists, so the first lookup already sees every
         // policy that was ever answered (warm restart).
         let started = tokio::time::Instant::now();
-        let lock = lock_state_dir(&config.cache.dir).map_err(StartError)?;
+        let lock = lock_state_dir(&config.cache.dir).map_err(StartError::StateDir)?;
         let dir = config.cache.dir.clone();
         let now = opts.clock.now();
         let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
             .await
-            .map_err(|e| StartError(format!("policy cache: loader failed: {e}")))?
-            .map_err(|e| StartError(format!("policy cache: {e}")))?;
+            .map_err(|e| StartError::Software(format!("policy cache: loader failed: {e}")))?
+            .map_err(|e| StartError::StateDir(format!("policy cache: {e}")))?;
         let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
         let map_names: Vec<&str> = config.maps.keys().map(String::as_str).collect();
         let metrics = Arc::new(Metrics::with_maps(&map_names));
@@ -136,7 +186,8 @@ impl Daemon {
         );
         let resolver = Arc::new(resolver);
 
-        // Sockets passed by systemd replace the configured listeners of their protocol (F2.4).
+        // Sockets passed by systemd replace the configured listeners of their protocol
+        // (sd_listen_fds(3): the service binds only what it was not given).
         let mut activated = opts.activated.unwrap_or_default();
         let mut inherited = BTreeSet::new();
         let mut listeners: Vec<(Protocol, Option<ListenAddr>, Listener)> = Vec::new();
@@ -144,7 +195,7 @@ impl Daemon {
             for l in activated.take(protocol) {
                 inherited.insert(protocol.name());
                 let l = Listener::inherited(l).map_err(|e| {
-                    StartError(format!("socket activation ({}): {e}", protocol.name()))
+                    StartError::Activation(format!("socket activation ({}): {e}", protocol.name()))
                 })?;
                 listeners.push((protocol, None, l));
             }
@@ -155,7 +206,7 @@ impl Daemon {
             }
             for addr in &l.listen {
                 let listener = Listener::bind(addr, l.unix_mode).await.map_err(|e| {
-                    StartError(format!(
+                    StartError::Bind(format!(
                         "cannot listen on {addr} ({}): {e}",
                         protocol.name()
                     ))
@@ -163,26 +214,32 @@ impl Daemon {
                 listeners.push((protocol, Some(addr.clone()), listener));
             }
         }
-        let metrics_listener =
-            match config.metrics_listen {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    StartError(format!("cannot listen on inet:{addr} (metrics): {e}"))
-                })?),
-                None => None,
-            };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                StartError::Bind(format!("cannot listen on inet:{addr} (metrics): {e}"))
+            })?),
+            None => None,
+        };
         let control_group = match &config.control.group {
-            Some(name) => Some((name.clone(), control::group_id(name).map_err(StartError)?)),
+            Some(name) => Some((
+                name.clone(),
+                control::group_id(name).map_err(StartError::Config)?,
+            )),
             None => None,
         };
         let (control_listener, control_path) = match activated.control.pop() {
             Some(l) => match Listener::inherited(l) {
                 Ok(Listener::Unix(u, _)) => (Some(u), None),
                 Ok(Listener::Tcp(_)) => {
-                    return Err(StartError(
+                    return Err(StartError::Activation(
                         "socket activation: the control socket must be a unix socket".into(),
                     ));
                 }
-                Err(e) => return Err(StartError(format!("socket activation (control): {e}"))),
+                Err(e) => {
+                    return Err(StartError::Activation(format!(
+                        "socket activation (control): {e}"
+                    )));
+                }
             },
             None => match &config.control.socket {
                 Some(path) => {
@@ -193,7 +250,7 @@ impl Daemon {
                     )
                     .await
                     .map_err(|e| {
-                        StartError(format!(
+                        StartError::Bind(format!(
                             "cannot listen on unix:{} (control): {e}",
                             path.display()
                         ))
@@ -218,7 +275,7 @@ impl Daemon {
             }
             let owned: Vec<&std::path::Path> = owned.iter().map(PathBuf::as_path).collect();
             crate::service::drop_privileges(user, config.daemon.group.as_deref(), &owned)
-                .map_err(StartError)?;
+                .map_err(StartError::Privileges)?;
         }
         let shared = Arc::new(Shared {
             resolver: resolver.clone(),
@@ -291,7 +348,7 @@ impl Daemon {
     ) -> Result<(), StartError> {
         let bound = listener
             .local_addr()
-            .map_err(|e| StartError(format!("listener address: {e}")))?;
+            .map_err(|e| StartError::Bind(format!("listener address: {e}")))?;
         // Logged before start() returns, so "listening" always precedes "ready".
         info!(protocol = protocol.name(), listen = %bound, inherited = configured.is_none(), "listening");
         let (stop, stop_rx) = watch::channel(false);
@@ -408,7 +465,7 @@ impl Daemon {
         let added_n = added.len();
         for (protocol, addr, l) in added {
             self.spawn_listener(protocol, Some(addr), l)
-                .map_err(|e| e.0)?;
+                .map_err(|e| e.to_string())?;
         }
         // Unix socket modes may have changed for sockets that stay.
         for (_, addr, mode) in &wanted {
@@ -551,5 +608,43 @@ fn settings(config: &Config) -> Settings {
         deadline: config.lookup_deadline(),
         negative_ttl: config.cache.negative_ttl,
         refresh_interval: config.refresh.interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_map_to_sysexits() {
+        let code = |e: StartError| e.exit_code();
+        assert_eq!(code(StartError::Config(String::new())), 78);
+        assert_eq!(code(StartError::Activation(String::new())), 78);
+        assert_eq!(code(StartError::Bind(String::new())), 69);
+        assert_eq!(code(StartError::StateDir(String::new())), 73);
+        assert_eq!(code(StartError::Privileges(String::new())), 77);
+        assert_eq!(code(StartError::Software(String::new())), 70);
+        assert_eq!(StartError::Bind("in use".into()).to_string(), "in use");
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_that_cannot_be_created_is_a_state_dir_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plainfile");
+        std::fs::write(&file, "x").unwrap();
+        let text = format!(
+            "[cache]\ndir = \"{}\"\n[control]\nsocket = \"\"\n",
+            file.join("state").display()
+        );
+        let config = Arc::new(Config::parse(&text, None).unwrap());
+        let source = Arc::new(crate::discovery::fake::FakeSource::default());
+        let opts = Options::new(source, Arc::new(crate::clock::SystemClock));
+        match Daemon::start(config, opts).await {
+            Ok(_) => panic!("the daemon started"),
+            Err(e) => {
+                assert!(matches!(e, StartError::StateDir(_)), "{e:?}");
+                assert_eq!(e.exit_code(), 73);
+            }
+        }
     }
 }

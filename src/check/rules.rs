@@ -31,7 +31,6 @@ pub(super) struct Used {
 /// Every listener of this daemon, with its protocol, in registry order.
 fn listeners(cfg: &Config) -> impl Iterator<Item = (Protocol, &ListenAddr)> {
     cfg.listeners()
-        .into_iter()
         .flat_map(|(p, ls)| ls.listen.iter().map(move |l| (p, l)))
 }
 
@@ -365,7 +364,7 @@ fn moved_by_chroot(
 /// name no map, the `map` of its listener section.
 fn map_key(t: &Table, cfg: &Config) -> String {
     if !t.proto.names_map() {
-        return cfg.tcp_table_map.clone();
+        return cfg.profile_for(t.proto, None).0.to_string();
     }
     match &t.name {
         Some(n) if cfg.maps.contains_key(n) => n.clone(),

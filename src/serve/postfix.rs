@@ -21,7 +21,7 @@ use tracing::{debug, error, warn};
 use crate::answer::{self, Rendered};
 use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
-use crate::proto::{Protocol, Reply, Request, socketmap, tcp_table};
+use crate::proto::{Protocol, Reply, Request};
 use crate::resolve::{Lookup, Resolution, Resolver};
 
 /// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS ...): retrying at once would spin.
@@ -146,29 +146,36 @@ impl Shared {
     }
 }
 
-/// The exact reply bytes Postfix would get for `lookup`, per socketmap map name and for
-/// tcp_table (without the final LF), under `config`: what `query` and `ctl show` print.
+/// The exact reply bytes Postfix would get for `lookup`, under `config`, without a final LF:
+/// `PROTOCOL:MAP` for each map of a protocol whose requests name one (socketmap), `PROTOCOL` for
+/// the others (tcp_table, answered with its section's map). What `query` and `ctl show` print.
 pub fn wire_answers(
     config: &Config,
     lookup: &Lookup,
 ) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
-    for (name, profile) in &config.maps {
-        let mut b = BytesMut::new();
-        socketmap::encode_reply(&reply_for(lookup, profile, socketmap::found_fits), &mut b);
-        out.insert(
-            format!("socketmap:{name}"),
-            String::from_utf8_lossy(&b).into_owned(),
-        );
+    for protocol in Protocol::all() {
+        let codec = protocol.codec();
+        let mut encode = |label: String, profile: &MapProfile| {
+            let mut b = BytesMut::new();
+            codec.encode(
+                &reply_for(lookup, profile, protocol.spec().found_fits),
+                &mut b,
+            );
+            let line = String::from_utf8_lossy(&b);
+            out.insert(label, line.strip_suffix('\n').unwrap_or(&line).to_string());
+        };
+        if protocol.names_map() {
+            for (name, profile) in &config.maps {
+                encode(format!("{}:{name}", protocol.name()), profile);
+            }
+        } else {
+            encode(
+                protocol.name().to_string(),
+                config.profile_for(protocol, None).1,
+            );
+        }
     }
-    let mut b = BytesMut::new();
-    let reply = reply_for(lookup, config.tcp_table_profile(), tcp_table::found_fits);
-    tcp_table::encode_reply(&reply, &mut b);
-    let line = String::from_utf8_lossy(&b);
-    out.insert(
-        "tcp_table".to_string(),
-        line.strip_suffix('\n').unwrap_or(&line).to_string(),
-    );
     out
 }
 
@@ -398,10 +405,7 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
     };
     let start = Instant::now();
     let config = shared.config();
-    let profile = match &map {
-        Some(m) => config.profile(m),
-        None => config.tcp_table_profile(),
-    };
+    let (map_name, profile) = config.profile_for(protocol, map.as_deref());
     let fits = protocol.spec().found_fits;
     let lookup = shared.resolver.lookup(&key).await;
     let reply = reply_for(&lookup, profile, fits);
@@ -414,7 +418,6 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
             Reply::Perm(_) => metrics::Answer::Perm,
         },
     );
-    let map_name = map.as_deref().unwrap_or(&config.tcp_table_map);
     shared.metrics.lookup(mp, map_name, answer, start.elapsed());
     debug!(
         protocol = protocol.name(),
@@ -428,7 +431,8 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
 }
 
 /// Maps a lookup to the Postfix reply. Everything that is not an applicable policy is NOTFOUND,
-/// never the Postfix level `none` (which would switch off opportunistic TLS, spec E11); a failed
+/// never the Postfix level `none` (which would switch off opportunistic TLS); Postfix then goes on
+/// to the next table and finally to `smtp_tls_security_level` (postconf(5)). A failed
 /// lookup is TEMP only where the map asks to fail closed.
 pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&str) -> bool) -> Reply {
     match lookup {
@@ -439,8 +443,8 @@ pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&str) -> bool) 
             Rendered::Found(v) => Reply::Found(v),
             Rendered::NotFound => Reply::NotFound,
             Rendered::TooLarge => {
-                // Spec E13: nothing correct fits the protocol; deferring is safer than a weaker
-                // answer.
+                // Nothing correct fits the protocol's reply limit (socketmap_table(5),
+                // tcp_table(5)): deferring is safer than a weaker answer.
                 error!(
                     domain,
                     "policy answer exceeds the protocol's reply size; answering TEMP"

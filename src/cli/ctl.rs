@@ -1,0 +1,121 @@
+//! `ctl`: the client of the running daemon's control socket, and the printing of its replies.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::serve::control;
+
+use super::exit::{EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, fail};
+
+/// The verbs of `ctl`, one request each.
+#[derive(Subcommand)]
+pub enum CtlVerb {
+    /// Version, uptime, configuration, listeners, entries by mode.
+    Status,
+    /// Counters and gauges (the same as /metrics).
+    Stats,
+    /// Cached domains.
+    List {
+        /// enforce, testing, none or negative.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Only policies expiring within this time ("1d", "12h").
+        #[arg(long)]
+        expiring_within: Option<String>,
+    },
+    /// One domain: TXT id, policy, times, last error, hits, and the exact answer per map.
+    Show { domain: String },
+    /// Run a discovery now and print the result.
+    Refresh {
+        domain: Option<String>,
+        /// Every cached policy (bounded by [refresh] concurrency).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove one domain from the cache and the journal.
+    Evict { domain: String },
+    /// Remove every entry.
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Every cached policy as JSON lines (for `import` on another host).
+    Export,
+    /// Merge policies from JSON lines (a file, or standard input), keeping the freshest fetch.
+    Import { file: Option<PathBuf> },
+    /// Re-read the configuration file.
+    Reload,
+}
+
+/// `ctl VERB`: one request to the running daemon's control socket.
+pub(super) async fn ctl(
+    config: &Config,
+    verb: CtlVerb,
+    json: bool,
+    socket: Option<PathBuf>,
+) -> ExitCode {
+    let Some(socket) = socket.or_else(|| config.control.socket.clone()) else {
+        return fail(
+            EX_CONFIG,
+            "the control socket is disabled ([control] socket = \"\")",
+        );
+    };
+    let mut input = None;
+    let (name, req) = match verb {
+        CtlVerb::Status => ("status", json!({"verb": "status"})),
+        CtlVerb::Stats => ("stats", json!({"verb": "stats"})),
+        CtlVerb::List {
+            mode,
+            expiring_within,
+        } => (
+            "list",
+            json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
+        ),
+        CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
+        CtlVerb::Refresh { domain, all } => match (domain, all) {
+            (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
+            (Some(d), false) => ("refresh", json!({"verb": "refresh", "domain": d})),
+            (None, false) => {
+                return fail(EX_USAGE, "ctl refresh DOMAIN, or ctl refresh --all");
+            }
+        },
+        CtlVerb::Evict { domain } => ("evict", json!({"verb": "evict", "domain": domain})),
+        CtlVerb::Purge { yes } => ("purge", json!({"verb": "purge", "yes": yes})),
+        CtlVerb::Export => ("export", json!({"verb": "export"})),
+        CtlVerb::Import { file } => {
+            let text = match &file {
+                Some(f) => std::fs::read_to_string(f),
+                None => std::io::read_to_string(std::io::stdin()),
+            };
+            match text {
+                Ok(t) => input = Some(t.lines().map(str::to_string).collect()),
+                Err(e) => return fail(EX_USAGE, format!("cannot read the import: {e}")),
+            }
+            ("import", json!({"verb": "import"}))
+        }
+        CtlVerb::Reload => ("reload", json!({"verb": "reload"})),
+    };
+    let lines = match control::request(&socket, &req, input).await {
+        Ok(l) => l,
+        Err(e) => return fail(EX_UNAVAILABLE, e),
+    };
+    if json {
+        for l in &lines {
+            println!("{l}");
+        }
+    } else {
+        print!("{}", control::render(name, &lines));
+    }
+    let ok = lines
+        .last()
+        .is_some_and(|l| l["ok"].as_bool() == Some(true));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,127 @@
+//! The command line: arguments, dispatch to the subcommands, printing and exit statuses. The top
+//! layer: it may import every other module, and nothing imports it; it holds no protocol or
+//! policy logic of its own.
+//!
+//! One file per command: `serve` (logging, daemon start, signal loop), `query`, `ctl`
+//! (the control-socket client) and `check_config` (`check-config` and `check`), over two
+//! leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
+//! statuses: 0 success, 1 a finding or a negative answer, 64 usage, 69 unavailable, 70 software,
+//! 73 state directory, 77 permission, 78 configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::daemon::StartError;
+use crate::service;
+
+mod check_config;
+mod ctl;
+mod exit;
+mod query;
+mod serve;
+mod source;
+
+use ctl::CtlVerb;
+use exit::{EX_CONFIG, EX_SOFTWARE, EX_USAGE, fail, fail_start};
+use serve::Logging;
+
+#[derive(Parser)]
+#[command(
+    name = "mta-sts-policyd",
+    version,
+    about = "MTA-STS (RFC 8461) policy daemon for Postfix smtp_tls_policy_maps"
+)]
+struct Cli {
+    /// Configuration file (a missing file means all defaults).
+    #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: answer Postfix on the configured (or socket-activated) listeners.
+    Serve,
+    /// Run one discovery for DOMAIN now (no daemon, no cache) and show what Postfix would get.
+    Query {
+        /// A domain, or any key as Postfix would send it ("[mx.example.com]:25", ...).
+        domain: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration file and print the effective settings.
+    CheckConfig,
+    /// Check Postfix's configuration (via postconf) against this daemon's; exit 1 on findings.
+    Check {
+        /// The postconf command.
+        #[arg(long, default_value = "postconf")]
+        postconf: String,
+        /// Postfix's configuration directory (postconf -c).
+        #[arg(long)]
+        postfix_config: Option<PathBuf>,
+    },
+    /// Inspect and steer the running daemon's cache through its control socket.
+    Ctl {
+        #[command(subcommand)]
+        verb: CtlVerb,
+        /// Print the daemon's JSON replies instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The control socket (default: [control] socket from the configuration).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+}
+
+/// The program: parses the arguments, loads the configuration and runs one command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = match Config::load(&cli.config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(EX_CONFIG, format!("configuration error: {e}")),
+    };
+    match cli.command {
+        Command::Serve => {
+            // Before the runtime starts threads: adopting inherited sockets may unset LISTEN_*.
+            let activated = match service::take_activated() {
+                Ok(a) => a,
+                Err(e) => return fail_start(&StartError::Activation(e.to_string())),
+            };
+            let logging = Logging::init(&config.log);
+            run(serve::serve(config, cli.config, activated, logging))
+        }
+        Command::CheckConfig => check_config::check_config(&config),
+        Command::Query { domain, json } => {
+            Logging::init(&config.log);
+            run(query::query(config, domain, json))
+        }
+        Command::Check {
+            postconf,
+            postfix_config,
+        } => check_config::check_postfix(&config, &postconf, postfix_config.as_deref()),
+        Command::Ctl { verb, json, socket } => run(ctl::ctl(&config, verb, json, socket)),
+    }
+}
+
+fn run(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => fail(EX_SOFTWARE, format!("cannot start the runtime: {e}")),
+    }
+}
