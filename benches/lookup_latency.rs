@@ -1,9 +1,9 @@
 //! Lookup latency over one persistent socketmap connection, as one Postfix smtp(8) process sees
 //! it: the daemon answering from its cache, side by side with a null responder (same framing, a
 //! fixed answer, no cache) in the same run; the same cached lookups while 100 policy fetches
-//! hang on a slow policy host (issue 5: hits must keep their p99), interleaved with quiet rounds;
-//! and the first (cold) lookup of a domain in the offline test world (TXT query + HTTPS fetch
-//! on loopback).
+//! hang on a slow policy host (hits must keep their p99 while fetches wait), interleaved with
+//! quiet rounds; and the first (cold) lookup of a domain in the offline test world (TXT query +
+//! HTTPS fetch on loopback).
 //!
 //! Run: `cargo bench --bench lookup_latency` (release build). Prints p50/p90/p99/p99.9/max.
 
@@ -12,8 +12,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::harness::{SocketmapClient, TestDaemon, enforce_body, netstring};
-use common::{Http, World};
+use common::Http;
+use common::harness::{SocketmapClient, TestDaemon, enforce_body, good_world, netstring};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -93,9 +93,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let w = World::start().await;
-        w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-            .await;
+        let w = good_world().await;
         for i in 0..COLD_DOMAINS {
             let d = format!("d{i}.test");
             w.good_domain(&d, "1", &enforce_body(&["mx.good.test"]))

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::World;
-use common::harness::{SocketmapClient, config_text, enforce_body};
+use common::harness::{SocketmapClient, config_text, enforce_body, good_world};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mta-sts-policyd");
 
@@ -134,9 +134,7 @@ async fn query_prints_record_policy_answers_and_reasons() {
 
 #[tokio::test]
 async fn serve_answers_postfix_and_stops_on_sigterm() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     let cfg = w.dir().join("serve.toml");
     std::fs::write(&cfg, config_text(&w, "")).unwrap();
     let (mut child, socketmap, _logs) = common::harness::serve_child(BIN, &cfg);

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::World;
-use common::harness::{TestDaemon, config_text, enforce_body};
+use common::harness::{ConfigText, TestDaemon, config_text, enforce_body};
 use mta_sts_policyd::serve::control;
 use serde_json::{Value, json};
 
@@ -220,12 +220,10 @@ async fn a_peer_that_is_not_allowed_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.path().join("control.sock");
-    let text = config_text(&w, "").replace(
-        &format!("socket = \"{}\"", w.dir().join("control.sock").display()),
-        &format!("socket = \"{}\"\nmode = \"0666\"", sock.display()),
-    );
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let _d = TestDaemon::from_config(cfg).await;
+    let _d = ConfigText::of(&w)
+        .control_socket(&sock, "mode = \"0666\"")
+        .start()
+        .await;
     let sock2 = sock.clone();
     // The build tree may sit in a directory the other user cannot enter (/root): run a copy.
     let bin = dir.path().join("mta-sts-policyd");

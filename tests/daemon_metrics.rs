@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::harness::{TestDaemon, enforce_body};
-use common::{Http, World};
+use common::Http;
+use common::harness::{TestDaemon, good_world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
@@ -31,9 +31,7 @@ async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
 
 #[tokio::test]
 async fn metrics_count_lookups_discoveries_and_cache_entries() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     w.good_domain(
         "testing.test",
         "1",

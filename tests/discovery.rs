@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::harness::{TestDaemon, enforce_body};
+use common::harness::{ConfigText, TestDaemon, enforce_body, good_world, good_world_and_daemon};
 use common::{CertKind, Http, World};
 
 const NOTFOUND: &str = "NOTFOUND ";
@@ -341,9 +341,7 @@ async fn rfc8461_3_3_certificate_scenarios() {
 
 #[tokio::test]
 async fn rfc8461_3_4_lookup_keys() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     w.good_domain("smart.good.test", "1", &enforce_body(&["smart.good.test"]))
         .await;
     w.good_domain(
@@ -391,7 +389,7 @@ async fn rfc8461_3_4_lookup_keys() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
-    // Parent-domain probes and literals never reach DNS (spec E9, RFC 8461 §3.4).
+    // Parent-domain probes and literals never reach DNS (RFC 8461 §3.4).
     assert_eq!(w.dns_queries("_mta-sts.good.test"), 1);
     assert_eq!(c.query("postfix", b"good.test").await, good);
 }
@@ -451,10 +449,7 @@ async fn concurrent_cold_lookups_share_one_discovery() {
         limit >= 2 * CLIENTS as u64 + 200,
         "open files limit {limit} is too low for {CLIENTS} loopback connections"
     );
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
-    let d = TestDaemon::start(&w).await;
+    let (w, d) = good_world_and_daemon().await;
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let addr = d.socketmap;
@@ -472,9 +467,7 @@ async fn concurrent_cold_lookups_share_one_discovery() {
 
 #[tokio::test]
 async fn cached_policy_is_answered_without_network_work() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     w.set_txt("_mta-sts.none-here.test", &[]).await;
     let d = TestDaemon::start(&w).await;
     let mut c = d.socketmap().await;
@@ -532,16 +525,13 @@ async fn on_lookup_error_temp_defers_failures_but_not_domains_without_policy() {
 
 #[tokio::test]
 async fn policy_hosts_on_internal_addresses_are_not_fetched_by_default() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     // The world's hosts are on 127.0.0.1: with the default setting the daemon must refuse them.
-    let text = common::harness::config_text(&w, "").replace(
+    let text = ConfigText::of(&w).replace(
         "allow_private_addresses = true",
         "allow_private_addresses = false",
     );
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let d = TestDaemon::from_config(cfg).await;
+    let d = text.start().await;
     assert_eq!(d.ask("good.test").await, NOTFOUND);
     assert_eq!(
         w.fetches("good.test"),
@@ -549,7 +539,7 @@ async fn policy_hosts_on_internal_addresses_are_not_fetched_by_default() {
         "no connection to an internal address"
     );
     let path = w.dir().join("private.toml");
-    std::fs::write(&path, &text).unwrap();
+    std::fs::write(&path, text.as_str()).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
             .arg("-c")

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Command;
 
 use common::World;
-use common::harness::{TestDaemon, config_text, enforce_body};
+use common::harness::{ConfigText, TestDaemon, enforce_body};
 
 struct Mount(std::path::PathBuf);
 
@@ -39,12 +39,7 @@ async fn enospc_keeps_serving_counts_and_recovers() {
     }
     let _mount = Mount(fs.clone());
     let state = fs.join("state");
-    let text = config_text(&w, "").replace(
-        &w.dir().join("state").display().to_string(),
-        &state.display().to_string(),
-    );
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let d = TestDaemon::from_config(cfg).await;
+    let d = ConfigText::of(&w).state_dir(&state).start().await;
 
     // Fill the file system.
     let filler = fs.join("filler");

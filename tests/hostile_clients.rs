@@ -7,20 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::World;
 use common::harness::{
-    SocketmapClient, TestDaemon, config_text, enforce_body, netstring, serve_child,
+    SocketmapClient, TestDaemon, config_text, good_world, good_world_and_daemon, netstring,
+    serve_child,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GOOD: &str = "OK secure match=mx.good.test servername=hostname";
-
-async fn good_world() -> World {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
-    w
-}
 
 /// Latencies of `n` lookups on one existing connection.
 async fn probe(c: &mut SocketmapClient, n: usize) -> Vec<Duration> {
@@ -213,8 +206,7 @@ async fn one_byte_per_second_is_cut_at_the_request_deadline() {
 
 #[tokio::test]
 async fn half_closed_client_still_gets_its_answer() {
-    let w = good_world().await;
-    let d = TestDaemon::start(&w).await;
+    let (_w, d) = good_world_and_daemon().await;
     let mut s = tokio::net::TcpStream::connect(d.socketmap).await.unwrap();
     s.write_all(&netstring(b"postfix good.test")).await.unwrap();
     s.shutdown().await.unwrap();
@@ -264,8 +256,7 @@ async fn a_client_that_never_reads_is_disconnected_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_close_storm_does_not_disturb_others() {
-    let w = good_world().await;
-    let d = TestDaemon::start(&w).await;
+    let (_w, d) = good_world_and_daemon().await;
     let addr = d.socketmap;
     let storm = tokio::spawn(async move {
         // 1,000 connect/close per second for three seconds.

@@ -9,9 +9,8 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::World;
 use common::harness::{
-    SocketmapClient, TcpTableClient, config_text, enforce_body, serve_child_env,
+    ConfigText, SocketmapClient, TcpTableClient, config_text, good_world, serve_child_env,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_mta-sts-policyd");
@@ -46,9 +45,7 @@ fn signal(pid: u32, sig: &str) {
 
 #[tokio::test]
 async fn notify_reload_and_stop_with_a_postfix_connection_open() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     w.good_domain(
         "testing.test",
         "1",
@@ -61,11 +58,11 @@ async fn notify_reload_and_stop_with_a_postfix_connection_open() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let cfg = w.dir().join("serve.toml");
-    let base = config_text(&w, "").replace(
+    let base = ConfigText::of(&w).replace(
         "[tcp_table]\nlisten = [\"inet:127.0.0.1:0\"]",
         "[tcp_table]\nlisten = []",
     );
-    std::fs::write(&cfg, &base).unwrap();
+    std::fs::write(&cfg, base.as_str()).unwrap();
     let (mut child, addr, logs) = serve_child_env(
         BIN,
         &cfg,
@@ -91,11 +88,14 @@ async fn notify_reload_and_stop_with_a_postfix_connection_open() {
     );
 
     // Reload: testing is now enforced by the default map, and a tcp_table listener appears.
-    let new = base.replace(
-        "[tcp_table]\nlisten = []",
-        "[tcp_table]\nlisten = [\"inet:127.0.0.1:0\"]",
-    ) + "[maps.default]\nstrict_testing = true\n";
-    std::fs::write(&cfg, &new).unwrap();
+    let new = base
+        .clone()
+        .replace(
+            "[tcp_table]\nlisten = []",
+            "[tcp_table]\nlisten = [\"inet:127.0.0.1:0\"]",
+        )
+        .append("[maps.default]\nstrict_testing = true\n");
+    std::fs::write(&cfg, new.as_str()).unwrap();
     signal(pid, "-HUP");
     let msgs = until(&notify, "READY=1");
     let reloading = msgs
@@ -143,7 +143,7 @@ async fn notify_reload_and_stop_with_a_postfix_connection_open() {
     );
 
     // `ctl reload` goes through the same path and reports the result.
-    std::fs::write(&cfg, &base).unwrap();
+    std::fs::write(&cfg, base.as_str()).unwrap();
     let out = Command::new(BIN)
         .arg("-c")
         .arg(&cfg)
@@ -168,9 +168,7 @@ async fn notify_reload_and_stop_with_a_postfix_connection_open() {
 
 #[tokio::test]
 async fn socket_activation_uses_the_inherited_listener() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     let cfg = w.dir().join("activated.toml");
     std::fs::write(&cfg, config_text(&w, "")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

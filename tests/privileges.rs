@@ -5,8 +5,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::World;
-use common::harness::{SocketmapClient, config_text, enforce_body, serve_child};
+use common::harness::{ConfigText, SocketmapClient, good_world, serve_child};
 
 #[tokio::test]
 async fn runs_as_the_configured_user_after_binding() {
@@ -14,9 +13,7 @@ async fn runs_as_the_configured_user_after_binding() {
         eprintln!("not root: privilege dropping cannot be exercised");
         return;
     }
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     // A directory the unprivileged user can traverse, for its state and the control socket.
     let dir = tempfile::Builder::new()
         .prefix("privdrop-")
@@ -24,17 +21,12 @@ async fn runs_as_the_configured_user_after_binding() {
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = dir.path().join("state");
-    let text = config_text(&w, "[daemon]\nuser = \"nobody\"\n")
-        .replace(
-            &w.dir().join("state").display().to_string(),
-            &state.display().to_string(),
-        )
-        .replace(
-            &w.dir().join("control.sock").display().to_string(),
-            &dir.path().join("control.sock").display().to_string(),
-        );
+    let text = ConfigText::of(&w)
+        .append("[daemon]\nuser = \"nobody\"\n")
+        .state_dir(&state)
+        .control_socket(&dir.path().join("control.sock"), "");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, text.as_str()).unwrap();
     let bin = dir.path().join("mta-sts-policyd");
     std::fs::copy(env!("CARGO_BIN_EXE_mta-sts-policyd"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -7,22 +7,17 @@ mod common;
 use std::time::Duration;
 
 use common::World;
-use common::harness::{SocketmapClient, TcpTableClient, TestDaemon, enforce_body, netstring};
+use common::harness::{
+    ConfigText, SocketmapClient, TcpTableClient, TestDaemon, enforce_body, good_world,
+    good_world_and_daemon, netstring,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GOOD: &str = "OK secure match=mx.good.test servername=hostname";
 
-async fn world_and_daemon() -> (World, TestDaemon) {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
-    let d = TestDaemon::start(&w).await;
-    (w, d)
-}
-
 #[tokio::test]
-async fn socketmap_c6_exact_reply_bytes() {
-    let (_w, d) = world_and_daemon().await;
+async fn socketmap_replies_are_exact_netstrings() {
+    let (_w, d) = good_world_and_daemon().await;
     let mut s = tokio::net::TcpStream::connect(d.socketmap).await.unwrap();
     s.write_all(b"20:postfix example.test,").await.unwrap();
     let mut buf = [0u8; 64];
@@ -37,7 +32,7 @@ async fn socketmap_c6_exact_reply_bytes() {
 
 #[tokio::test]
 async fn socketmap_byte_at_a_time_and_pipelined() {
-    let (_w, d) = world_and_daemon().await;
+    let (_w, d) = good_world_and_daemon().await;
     let mut c = SocketmapClient::connect(d.socketmap).await;
     let frame = netstring(b"postfix good.test");
     for b in &frame {
@@ -57,7 +52,7 @@ async fn socketmap_byte_at_a_time_and_pipelined() {
 
 #[tokio::test]
 async fn socketmap_malformed_frame_closes_only_that_connection() {
-    let (_w, d) = world_and_daemon().await;
+    let (_w, d) = good_world_and_daemon().await;
     let mut other = SocketmapClient::connect(d.socketmap).await;
     assert_eq!(other.query("postfix", b"good.test").await, GOOD);
 
@@ -84,8 +79,8 @@ async fn socketmap_malformed_frame_closes_only_that_connection() {
 }
 
 #[tokio::test]
-async fn socketmap_c7_2_oversize_request_gets_perm_and_close_without_allocating() {
-    let (_w, d) = world_and_daemon().await;
+async fn socketmap_oversize_request_gets_perm_and_close_without_allocating() {
+    let (_w, d) = good_world_and_daemon().await;
     // 2^40 declared: refused from the length digits alone.
     let mut c = SocketmapClient::connect(d.socketmap).await;
     c.send_raw(b"1099511627776:postfix ").await;
@@ -106,9 +101,7 @@ async fn socketmap_c7_2_oversize_request_gets_perm_and_close_without_allocating(
 
 #[tokio::test]
 async fn idle_connections_are_kept_and_slow_requests_are_cut() {
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     let d = TestDaemon::start_with(&w, "[limits]\nrequest_timeout = \"500ms\"\n").await;
     let mut idle = SocketmapClient::connect(d.socketmap).await;
     assert_eq!(idle.query("postfix", b"good.test").await, GOOD);
@@ -124,8 +117,8 @@ async fn idle_connections_are_kept_and_slow_requests_are_cut() {
 }
 
 #[tokio::test]
-async fn tcp_table_d3_replies_and_encoding() {
-    let (_w, d) = world_and_daemon().await;
+async fn tcp_table_replies_and_key_encoding() {
+    let (_w, d) = good_world_and_daemon().await;
     let mut c = TcpTableClient::connect(d.tcp_table).await;
     assert_eq!(
         c.get(b"good.test").await,
@@ -158,8 +151,8 @@ async fn tcp_table_d3_replies_and_encoding() {
 }
 
 #[tokio::test]
-async fn tcp_table_d5_oversize_line_gets_400_and_close() {
-    let (_w, d) = world_and_daemon().await;
+async fn tcp_table_oversize_line_gets_400_and_close() {
+    let (_w, d) = good_world_and_daemon().await;
     let mut c = TcpTableClient::connect(d.tcp_table).await;
     let long = vec![b'a'; 5000];
     c.send_raw(b"get ").await;
@@ -179,9 +172,7 @@ async fn tlsrpt_tcp_table_answer_is_encoded_exactly() {
         &enforce_body(&["mx.good.test", "*.good.test"]),
     )
     .await;
-    let text = common::harness::config_text_map(&w, "tlsrpt", "");
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let d = TestDaemon::from_config(cfg).await;
+    let d = ConfigText::of_map(&w, "tlsrpt").start().await;
     let mut c = TcpTableClient::connect(d.tcp_table).await;
     let line = c.get(b"good.test").await;
     // Spaces, braces are the only characters here that tcp_table(5) asks to encode; '{' and '}'
@@ -200,19 +191,18 @@ async fn tlsrpt_tcp_table_answer_is_encoded_exactly() {
 #[tokio::test]
 async fn unix_socket_listener_with_mode() {
     use std::os::unix::fs::PermissionsExt;
-    let w = World::start().await;
-    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
-        .await;
+    let w = good_world().await;
     let path = w.dir().join("policyd.sock");
-    let text = common::harness::config_text(&w, "").replace(
-        "[socketmap]\nlisten = [\"inet:127.0.0.1:0\"]",
-        &format!(
-            "[socketmap]\nlisten = [\"inet:127.0.0.1:0\", \"unix:{}\"]\nunix_mode = \"0660\"",
-            path.display()
-        ),
-    );
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let d = TestDaemon::from_config(cfg).await;
+    let d = ConfigText::of(&w)
+        .replace(
+            "[socketmap]\nlisten = [\"inet:127.0.0.1:0\"]",
+            &format!(
+                "[socketmap]\nlisten = [\"inet:127.0.0.1:0\", \"unix:{}\"]\nunix_mode = \"0660\"",
+                path.display()
+            ),
+        )
+        .start()
+        .await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();

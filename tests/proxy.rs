@@ -6,16 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::harness::{TestDaemon, config_text_map, enforce_body};
+use common::harness::{ConfigText, TestDaemon, enforce_body, fetcher};
 use common::{CertKind, World};
 use mta_sts_policyd::config::Config;
 use mta_sts_policyd::discovery::FetchError;
-use mta_sts_policyd::discovery::dns::Dns;
-use mta_sts_policyd::discovery::https::Fetcher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -135,13 +132,9 @@ async fn serve(
 
 /// The harness config with `https_lines` added to its `[https]` table.
 fn config(world: &World, https_lines: &str) -> Config {
-    let text = config_text_map(world, "default", "");
-    assert!(
-        text.contains("[https]\n"),
-        "harness config has an [https] table"
-    );
-    let text = text.replacen("[https]\n", &format!("[https]\n{https_lines}"), 1);
-    Config::parse(&text, Some(Path::new("test.toml"))).expect("test config must be valid")
+    ConfigText::of(world)
+        .replace("[https]\n", &format!("[https]\n{https_lines}"))
+        .config()
 }
 
 fn proxy_lines(proxy_url: &str, no_proxy: &[&str]) -> String {
@@ -150,11 +143,6 @@ fn proxy_lines(proxy_url: &str, no_proxy: &[&str]) -> String {
         "proxy = \"{proxy_url}\"\nno_proxy = [{}]\n",
         list.join(", ")
     )
-}
-
-fn fetcher(config: &Config) -> Fetcher {
-    let dns = Dns::new(&config.dns).expect("resolver");
-    Fetcher::new(&config.https, dns).expect("fetcher")
 }
 
 #[tokio::test]

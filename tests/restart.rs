@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::World;
-use common::harness::{SocketmapClient, config_text, enforce_body, serve_child};
+use common::harness::{
+    ConfigText, SocketmapClient, config_text, daemon_options, enforce_body, serve_child,
+};
 const SECURE: &str = "OK secure match=mx.good.test:.good.test servername=hostname";
 
 #[tokio::test]
@@ -32,10 +34,8 @@ async fn sigkill_right_after_the_first_answer_loses_nothing() {
     assert_eq!(w.fetches("good.test"), 1);
 
     // The world is gone for the daemon: DNS and HTTPS on ports where nothing answers.
-    let dead = config_text(&w, "")
-        .replace(&w.dns_addr().to_string(), "127.0.0.1:9")
-        .replace(&format!("port = {}", w.https_port()), "port = 9");
-    std::fs::write(&cfg, dead).unwrap();
+    let dead = ConfigText::of(&w).nameserver("127.0.0.1:9").https_port(9);
+    std::fs::write(&cfg, dead.as_str()).unwrap();
     let (mut child, addr, _logs) = serve_child(env!("CARGO_BIN_EXE_mta-sts-policyd"), &cfg);
     let mut c = SocketmapClient::connect(addr).await;
     let t = tokio::time::Instant::now();
@@ -58,18 +58,11 @@ async fn sigkill_right_after_the_first_answer_loses_nothing() {
 #[tokio::test]
 async fn one_daemon_per_state_directory_and_clear_errors() {
     let w = World::start().await;
-    let text = config_text(&w, "");
-    let cfg = mta_sts_policyd::config::Config::parse(&text, None).unwrap();
-    let _first = common::harness::TestDaemon::from_config(cfg.clone()).await;
+    let _first = ConfigText::of(&w).start().await;
     // A second instance on the same state directory is refused, naming it.
-    let cfg2 = mta_sts_policyd::config::Config::parse(
-        &text.replace(
-            &w.dir().join("control.sock").display().to_string(),
-            &w.dir().join("control2.sock").display().to_string(),
-        ),
-        None,
-    )
-    .unwrap();
+    let cfg2 = ConfigText::of(&w)
+        .control_socket(&w.dir().join("control2.sock"), "")
+        .config();
     let err = start_err(cfg2).await;
     assert!(err.contains("in use by another mta-sts-policyd"), "{err}");
     assert!(
@@ -81,32 +74,17 @@ async fn one_daemon_per_state_directory_and_clear_errors() {
     let file = w.dir().join("plainfile");
     std::fs::write(&file, "x").unwrap();
     let bad = file.join("state");
-    let cfg3 = mta_sts_policyd::config::Config::parse(
-        &text
-            .replace(
-                &w.dir().join("state").display().to_string(),
-                &bad.display().to_string(),
-            )
-            .replace(
-                &w.dir().join("control.sock").display().to_string(),
-                &w.dir().join("control3.sock").display().to_string(),
-            ),
-        None,
-    )
-    .unwrap();
+    let cfg3 = ConfigText::of(&w)
+        .state_dir(&bad)
+        .control_socket(&w.dir().join("control3.sock"), "")
+        .config();
     let err = start_err(cfg3).await;
     assert!(err.contains(&bad.display().to_string()), "{err}");
 }
 
 async fn start_err(cfg: mta_sts_policyd::config::Config) -> String {
     use std::sync::Arc;
-    let dns = mta_sts_policyd::discovery::dns::Dns::new(&cfg.dns).unwrap();
-    let fetcher = mta_sts_policyd::discovery::https::Fetcher::new(&cfg.https, dns.clone()).unwrap();
-    let source = Arc::new(mta_sts_policyd::discovery::NetSource::new(dns, fetcher));
-    let opts = mta_sts_policyd::daemon::Options::new(
-        source,
-        Arc::new(mta_sts_policyd::clock::SystemClock),
-    );
+    let opts = daemon_options(&cfg);
     match mta_sts_policyd::daemon::Daemon::start(Arc::new(cfg), opts).await {
         Ok(_) => panic!("the daemon started"),
         Err(e) => e.to_string(),

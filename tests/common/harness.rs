@@ -2,13 +2,13 @@
 //! that speak socketmap and tcp_table byte for byte, as Postfix does.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mta_sts_policyd::clock::SystemClock;
 use mta_sts_policyd::config::{Config, ListenAddr};
-use mta_sts_policyd::daemon::Daemon;
+use mta_sts_policyd::daemon::{Daemon, Options};
 use mta_sts_policyd::discovery::NetSource;
 use mta_sts_policyd::discovery::dns::Dns;
 use mta_sts_policyd::discovery::https::Fetcher;
@@ -65,6 +65,125 @@ servername = false
     )
 }
 
+/// Replaces the one occurrence of `from` in `text`; panics unless there is exactly one, so that an
+/// edit that matched nothing cannot leave a test running on the unedited config.
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "expected exactly one {from:?} in the harness config:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The harness config of a [`World`] as text, edited before a daemon starts on it: other DNS or
+/// HTTPS servers, another state directory or control socket, any other one-place edit.
+#[derive(Clone, Debug)]
+pub struct ConfigText {
+    text: String,
+    dns_addr: String,
+    https_port: u16,
+    ca_file: PathBuf,
+    state_dir: PathBuf,
+    control_socket: PathBuf,
+}
+
+impl ConfigText {
+    /// [`config_text`]`(world, "")`.
+    pub fn of(world: &World) -> ConfigText {
+        ConfigText::of_map(world, "default")
+    }
+
+    /// [`config_text_map`]`(world, tcp_map, "")`.
+    pub fn of_map(world: &World, tcp_map: &str) -> ConfigText {
+        ConfigText {
+            text: config_text_map(world, tcp_map, ""),
+            dns_addr: world.dns_addr().to_string(),
+            https_port: world.https_port(),
+            ca_file: world.ca_file().to_path_buf(),
+            state_dir: world.dir().join("state"),
+            control_socket: world.dir().join("control.sock"),
+        }
+    }
+
+    /// Replaces the one occurrence of `from` (see [`replace_once`]).
+    pub fn replace(mut self, from: &str, to: &str) -> ConfigText {
+        self.text = replace_once(&self.text, from, to);
+        self
+    }
+
+    /// `[dns] nameservers = ["<addr>"]` instead of the world's DNS server.
+    pub fn nameserver(self, addr: &str) -> ConfigText {
+        let from = format!("nameservers = [\"{}\"]", self.dns_addr);
+        self.replace(&from, &format!("nameservers = [\"{addr}\"]"))
+    }
+
+    /// `[https] port` instead of the world's HTTPS port.
+    pub fn https_port(self, port: u16) -> ConfigText {
+        let from = format!("port = {}", self.https_port);
+        self.replace(&from, &format!("port = {port}"))
+    }
+
+    /// `[https] ca_files = ["<file>"]` instead of the world's root CA.
+    pub fn ca_file(self, file: &Path) -> ConfigText {
+        let from = format!("ca_files = [\"{}\"]", self.ca_file.display());
+        self.replace(&from, &format!("ca_files = [\"{}\"]", file.display()))
+    }
+
+    /// `[cache] dir` instead of `<world dir>/state`.
+    pub fn state_dir(self, dir: &Path) -> ConfigText {
+        let from = self.state_dir.display().to_string();
+        self.replace(&from, &dir.display().to_string())
+    }
+
+    /// `[control] socket` instead of `<world dir>/control.sock`, followed by `lines` (more keys of
+    /// the `[control]` table, or nothing).
+    pub fn control_socket(self, path: &Path, lines: &str) -> ConfigText {
+        let from = format!("socket = \"{}\"", self.control_socket.display());
+        let mut to = format!("socket = \"{}\"", path.display());
+        if !lines.is_empty() {
+            to = format!("{to}\n{lines}");
+        }
+        self.replace(&from, &to)
+    }
+
+    /// Appends `lines` (whole lines, each ending in a newline) at the end of the config.
+    pub fn append(mut self, lines: &str) -> ConfigText {
+        self.text.push_str(lines);
+        self
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed config; panics when the edits made it invalid.
+    pub fn config(&self) -> Config {
+        Config::parse(&self.text, Some(Path::new("test.toml")))
+            .unwrap_or_else(|e| panic!("test config must be valid: {e:?}\n{}", self.text))
+    }
+
+    /// The daemon started in-process on this config.
+    pub async fn start(&self) -> TestDaemon {
+        TestDaemon::from_config(self.config()).await
+    }
+}
+
+/// The daemon's real network source for `config` (DNS resolver and HTTPS fetcher) and the system
+/// clock, as `serve` builds them.
+pub fn daemon_options(config: &Config) -> Options {
+    let dns = Dns::new(&config.dns).expect("resolver");
+    let fetcher = Fetcher::new(&config.https, dns.clone()).expect("fetcher");
+    let source = Arc::new(NetSource::new(dns, fetcher));
+    Options::new(source, Arc::new(SystemClock))
+}
+
+/// The HTTPS fetcher alone, with its own resolver, for `config`.
+pub fn fetcher(config: &Config) -> Fetcher {
+    let dns = Dns::new(&config.dns).expect("resolver");
+    Fetcher::new(&config.https, dns).expect("fetcher")
+}
+
 pub struct TestDaemon {
     pub daemon: Daemon,
     pub socketmap: SocketAddr,
@@ -83,12 +202,10 @@ impl TestDaemon {
     }
 
     pub async fn from_config(config: Config) -> TestDaemon {
-        let config = Arc::new(config);
-        let dns = Dns::new(&config.dns).expect("resolver");
-        let fetcher = Fetcher::new(&config.https, dns.clone()).expect("fetcher");
-        let source = Arc::new(NetSource::new(dns, fetcher));
-        let opts = mta_sts_policyd::daemon::Options::new(source, Arc::new(SystemClock));
-        let daemon = Daemon::start(config, opts).await.expect("daemon starts");
+        let opts = daemon_options(&config);
+        let daemon = Daemon::start(Arc::new(config), opts)
+            .await
+            .expect("daemon starts");
         let tcp = |p| match daemon.addrs(p).first() {
             Some(ListenAddr::Tcp(a)) => *a,
             other => panic!("no TCP listener for {p:?}: {other:?}"),
@@ -117,6 +234,22 @@ impl TestDaemon {
             .query("postfix", key.as_bytes())
             .await
     }
+}
+
+/// A world in which `good.test` publishes (id 1) an enforce policy for `mx.good.test`: what most
+/// tests ask for first.
+pub async fn good_world() -> World {
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    w
+}
+
+/// [`good_world`] and a daemon on it with the harness config.
+pub async fn good_world_and_daemon() -> (World, TestDaemon) {
+    let w = good_world().await;
+    let d = TestDaemon::start(&w).await;
+    (w, d)
 }
 
 /// How long a test waits for any single reply before failing.

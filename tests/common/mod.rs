@@ -6,9 +6,11 @@
 
 pub mod world;
 pub use world::*;
+pub mod certs;
 pub mod harness;
-pub mod hostile_https;
+pub mod hostile;
 pub mod rawdns;
+pub mod scripted_https;
 
 /// Raises this process's soft open-files limit towards `want` (to the hard limit; as root, the
 /// hard limit too) and returns the soft limit now in force. Tests that hold thousands of

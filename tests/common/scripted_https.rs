@@ -4,7 +4,7 @@
 //! server, nothing is buffered whole on the server side, so the test process's memory reflects
 //! the daemon's buffering, not the server's.
 //!
-//! It has its own test CA (rcgen): point the daemon's `[https] ca_files` at [`HostileHttps::ca_file`]
+//! It has its own test CA (made in `certs`): point the daemon's `[https] ca_files` at [`HostileHttps::ca_file`]
 //! and `[https] port` at [`HostileHttps::port`]. Every SNI name gets a leaf certificate signed
 //! directly by that CA. Dropping the server stops every task it started.
 
@@ -21,12 +21,7 @@ use std::{
     time::Duration,
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::ServerConfig;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -34,6 +29,8 @@ use tokio::{
     time::Instant,
 };
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
+
+use crate::common::certs::{self, Issuer, Validity};
 
 pub type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -296,33 +293,17 @@ async fn read_request_head(s: &mut TlsStream<TcpStream>) -> bool {
 
 // ---------------------------------------------------------------------- PKI
 
+/// Its own root CA, and a leaf signed directly by it for each SNI name (the server sends only the
+/// leaf), made once per name.
 struct Pki {
-    root: CertifiedIssuer<'static, KeyPair>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    root: Issuer,
     configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
-}
-
-fn new_key() -> KeyPair {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("HostileHttps: key")
 }
 
 impl Pki {
     fn new() -> Pki {
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "mta-sts-policyd hostile servers");
-        dn.push(DnType::CommonName, "Hostile Test Root CA");
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let root = CertifiedIssuer::self_signed(p, new_key()).expect("HostileHttps: root CA");
         Pki {
-            root,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            root: certs::root_ca("mta-sts-policyd hostile servers", "Hostile Test Root CA"),
             configs: Mutex::new(HashMap::new()),
         }
     }
@@ -331,29 +312,8 @@ impl Pki {
         if let Some(c) = lock(&self.configs).get(host) {
             return c.clone();
         }
-        let key = new_key();
-        let mut p = CertificateParams::new(vec![host.to_string()])
-            .unwrap_or_else(|e| panic!("HostileHttps: params for {host:?}: {e}"));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, host);
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.use_authority_key_identifier_extension = true;
-        let leaf = p
-            .signed_by(&key, &self.root)
-            .unwrap_or_else(|e| panic!("HostileHttps: leaf for {host:?}: {e}"));
-        let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let cfg = Arc::new(
-            ServerConfig::builder_with_provider(self.provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("HostileHttps: TLS versions")
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap_or_else(|e| panic!("HostileHttps: certificate for {host:?}: {e}")),
-        );
+        let leaf = certs::leaf(&self.root, &[host], Validity::Always);
+        let cfg = Arc::new(certs::server_config(&leaf, &[]));
         lock(&self.configs)
             .entry(host.to_string())
             .or_insert(cfg)
