@@ -1,4 +1,5 @@
-//! `loadgen`: the load tool for mta-sts-policyd; this file owns the command line.
+//! `loadgen`: the load tool for mta-sts-policyd; this file dispatches the subcommands and runs
+//! `run` and `compare`.
 //!
 //! It speaks every Postfix lookup protocol of the daemon's registry that it has a client side
 //! for ([`wire`]: socketmap and tcp_table) over TCP and unix sockets, with N concurrent
@@ -22,17 +23,18 @@
 //! every protocol it speaks. Only loopback addresses are accepted. Every load loop is bounded in
 //! time (and `--requests` in count).
 //!
-//! Modules: [`net`] (addresses, connect, listen), [`wire`] (the client side of each protocol),
+//! Modules, each importing only those before it: [`wire`] (the client side of each protocol),
+//! [`latency`] (histograms), [`net`] (addresses, connect, listen), [`cli`] (options, runtime),
 //! [`null`] (the null responder), [`seed`] (journal seeding), [`plan`] (what a run does),
-//! [`load`] (connections, pacing, measuring), [`latency`] (histograms), [`report`] (outcomes
-//! and their text / JSON), [`selftest`].
+//! [`report`] (outcomes and their text / JSON), [`load`] (connections, pacing, measuring),
+//! [`selftest`]; this file uses them all. From the daemon's library: `proto` (the protocol
+//! registry and codecs) and, for `seed`, `cache` and `policy`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
+mod cli;
 mod latency;
 mod load;
 mod net;
@@ -43,128 +45,10 @@ mod seed;
 mod selftest;
 mod wire;
 
+use cli::{Cli, Cmd, CompareArgs, RunArgs, fail, runtime};
 use load::run_once;
 use plan::make_plan;
 use report::{Outcome, check_expect, json_report, ratio, text_report};
-use wire::{Kind, ProtoArg};
-
-#[derive(Parser)]
-#[command(
-    name = "loadgen",
-    about = "Load tool for mta-sts-policyd's Postfix lookup protocols, loopback only"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Null responder: same framing, a fixed answer, no cache (the loopback ceiling).
-    Null(NullArgs),
-    /// Write a policy journal with N cached enforce policies d{i}.example.
-    Seed(SeedArgs),
-    /// Drive load against one target and report throughput, latency, replies and errors.
-    Run(RunArgs),
-    /// Run the same load against a baseline and a target, alternating rounds; report the ratio.
-    Compare(CompareArgs),
-}
-
-#[derive(Args)]
-struct NullArgs {
-    /// `127.0.0.1:PORT`, `inet:127.0.0.1:PORT` (port 0: any free port) or `unix:/path`.
-    #[arg(long)]
-    listen: String,
-    /// A protocol of the daemon's registry (`-` may stand for `_`).
-    #[arg(long, value_enum, default_value = "socketmap")]
-    protocol: ProtoArg,
-    /// Worker threads (default: the CPUs this process may run on).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Exit after this long (the responder is never left running for ever).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-    max_time: Duration,
-}
-
-#[derive(Args)]
-struct SeedArgs {
-    /// The state directory (`[cache] dir`); must not hold a journal yet.
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(long)]
-    domains: u64,
-}
-
-#[derive(Args, Clone)]
-struct RunArgs {
-    /// `inet:127.0.0.1:PORT` (or `127.0.0.1:PORT`) or `unix:/path`.
-    #[arg(long)]
-    target: String,
-    /// A protocol of the daemon's registry (`-` may stand for `_`).
-    #[arg(long, value_enum, default_value = "socketmap")]
-    protocol: ProtoArg,
-    /// The socketmap map name sent with each key.
-    #[arg(long, default_value = "postfix")]
-    map: String,
-    #[arg(long, default_value_t = 1)]
-    connections: usize,
-    /// Requests in flight per connection (1: like Postfix).
-    #[arg(long, default_value_t = 1)]
-    pipeline: usize,
-    /// Measured time (after the warm-up). Default 10s unless --requests is given.
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "requests")]
-    duration: Option<Duration>,
-    /// Measured requests in total (after the warm-up).
-    #[arg(long)]
-    requests: Option<u64>,
-    /// Keys, one a line, chosen uniformly at random per request.
-    #[arg(long, conflicts_with = "domains")]
-    keys: Option<PathBuf>,
-    /// Keys d{i}.example, i uniformly random in 0..N per request (default 10).
-    #[arg(long)]
-    domains: Option<u64>,
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    warmup: Duration,
-    /// Total requests/s, open loop (see load.rs); unpaced when absent.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Worker threads (default: the CPUs this process may run on).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one JSON object instead of the text report.
-    #[arg(long)]
-    json: bool,
-    /// Exit 1 unless every measured reply is of this kind and there was no error.
-    #[arg(long, value_enum)]
-    expect: Option<Kind>,
-    /// Report this server process's CPU use over the measured window (/proc/PID/stat).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Hard limit on one run (warm-up, measurement and draining), whatever else is asked.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
-    time_limit: Duration,
-    /// Seed of the key choice.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
-
-#[derive(Args)]
-struct CompareArgs {
-    /// The reference, usually the null responder.
-    #[arg(long)]
-    baseline: String,
-    #[arg(long)]
-    baseline_pid: Option<u32>,
-    /// --domains for the target side only (e.g. a bigger cache); the baseline uses --domains.
-    #[arg(long)]
-    target_domains: Option<u64>,
-    /// Baseline and target alternate this many times; each side's rounds are merged.
-    #[arg(long, default_value_t = 2)]
-    rounds: usize,
-    /// The options of `run`; --target and --server-pid name the side that is compared.
-    #[command(flatten)]
-    run: RunArgs,
-}
 
 fn main() {
     let cli = Cli::parse();
@@ -176,22 +60,6 @@ fn main() {
         Some(Cmd::Compare(a)) => cmd_compare(a),
     };
     std::process::exit(code);
-}
-
-fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
-    let threads = threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, 64);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn fail(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("loadgen: {msg}");
-    2
 }
 
 fn cmd_run(a: RunArgs) -> i32 {

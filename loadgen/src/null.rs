@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use mta_sts_policyd::proto::{Protocol, Reply, Request};
 
+use crate::cli::{NullArgs, fail, runtime};
 use crate::net::{Bound, Conn, Target, bind, parse_target};
-use crate::{NullArgs, fail, runtime};
 
 /// The null responder's answer (the shape of a real policy answer).
 pub const NULL_ANSWER: &str = "secure match=mx.example servername=hostname";

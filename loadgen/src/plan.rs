@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mta_sts_policyd::proto::Protocol;
 
-use crate::RunArgs;
+use crate::cli::RunArgs;
 use crate::net::{Target, parse_target};
 use crate::wire::{Wire, wire};
 

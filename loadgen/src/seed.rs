@@ -9,7 +9,7 @@ use mta_sts_policyd::cache::PolicyEntry;
 use mta_sts_policyd::cache::journal::{Record, Store};
 use mta_sts_policyd::policy::parse_policy;
 
-use crate::{SeedArgs, fail};
+use crate::cli::{SeedArgs, fail};
 
 /// Upper bound of `--domains`, so that no typo fills the disk.
 const MAX_SEED: u64 = 10_000_000;

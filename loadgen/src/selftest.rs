@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 
 use mta_sts_policyd::proto::Protocol;
 
+use crate::cli::{fail, runtime};
 use crate::load::run_once;
 use crate::net::{Bound, Target};
 use crate::null::serve_null;
 use crate::plan::{Keys, Plan};
 use crate::report::{check_expect, text_report};
 use crate::wire::{Kind, offered, wire};
-use crate::{fail, runtime};
 
 pub fn self_test() -> i32 {
     println!(
