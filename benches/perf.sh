@@ -3,8 +3,10 @@
 # Performance run of mta-sts-policyd against the null responder, side by side in one run.
 #
 #   bash benches/perf.sh            # about 5-6 minutes on 2 cores, after the release build
+#   bash benches/perf.sh --help     # this text
 #
-# Builds release, then measures with the load tool (benches/loadgen.rs), every scenario as
+# Builds release, then measures with the load tool (loadgen/, the binary target/release/loadgen;
+# alone: `cargo run -p loadgen --release -- --help`), every scenario as
 # "null responder vs daemon, same settings, alternating rounds":
 #   1. cache-hit throughput at 1, 64 and 256 connections: daemon on a journal seeded with 10
 #      domains (DNS pointed at the dead port 127.0.0.1:9), keys d0..d9.example; ratio daemon/null;
@@ -18,9 +20,19 @@
 # Loopback only. Numbers are noisy when anything else runs on the machine (the load average
 # is printed before and after every measurement).
 #
-# Knobs (environment): DURATION (5s) and WARMUP (1s) per round, ROUNDS (2) per side,
+# Knobs (environment): DURATION (5s) and WARMUP (1s) per round, ROUNDS (3) per side,
 # BIG (1000000) and MID (100000) seeded policies, KEEP=1 keeps the work directory.
 set -euo pipefail
+
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+    # This header, up to `set -e`, is the usage.
+    sed -n '3,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
+if [[ $# -gt 0 ]]; then
+    echo "perf.sh: no arguments but --help (the knobs are environment variables)" >&2
+    exit 2
+fi
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,13 +79,12 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 # ---- build ---------------------------------------------------------------------------------
 say "build"
-run cargo build --release --locked
-run cargo bench --locked --no-run --bench loadgen 2>&1 | tee "$WORK/bench-build.txt"
-LOADGEN=$(sed -n 's/.*Executable .*(\(.*loadgen-[0-9a-f]*\)).*/\1/p' "$WORK/bench-build.txt" | tail -n 1)
-[[ -n "$LOADGEN" ]] || { echo "cannot find the loadgen binary in cargo's output" >&2; exit 1; }
-[[ "$LOADGEN" == /* ]] || LOADGEN=$ROOT/$LOADGEN
-DAEMON=${CARGO_TARGET_DIR:-$ROOT/target}/release/mta-sts-policyd
-[[ "$DAEMON" == /* ]] || DAEMON=$ROOT/$DAEMON
+# The daemon and the load tool (the workspace member loadgen/), both release.
+run cargo build --release --locked -p mta-sts-policyd -p loadgen
+RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
+[[ "$RELEASE" == /* ]] || RELEASE=$ROOT/$RELEASE
+LOADGEN=$RELEASE/loadgen
+DAEMON=$RELEASE/mta-sts-policyd
 [[ -x "$DAEMON" && -x "$LOADGEN" ]] || { echo "missing $DAEMON or $LOADGEN" >&2; exit 1; }
 echo "loadgen: $LOADGEN"
 echo "daemon:  $DAEMON"
