@@ -24,8 +24,9 @@ use crate::proto::Protocol;
 use crate::resolve::refresh;
 use crate::resolve::{Resolver, Settings};
 use crate::serve::control::{self, Control, ReloadRequest};
+use crate::serve::listen::Listener;
 use crate::serve::metrics_http;
-use crate::serve::postfix::{self, Listener, Shared};
+use crate::serve::postfix::{self, Shared};
 use crate::service::Activated;
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.

@@ -21,6 +21,7 @@ use crate::cache::{EntryView, PolicyEntry};
 use crate::key;
 use crate::policy::{Mode, parse_policy};
 use crate::resolve::{Lookup, Resolution};
+use crate::serve::listen::{self, Cap, OwnedUnix};
 use crate::serve::postfix::{self, Shared};
 
 /// One request or export/import line. A policy is at most 64 KiB; JSON escaping can double it.
@@ -44,32 +45,19 @@ pub struct Control {
     pub group: Option<(String, u32)>,
 }
 
+/// Control connections served at once: operators and scripts, never Postfix; a runaway script
+/// must not be able to exhaust the daemon's file descriptors.
+pub const MAX_CONTROL_CONNECTIONS: usize = 32;
+
 /// Creates the control socket: its directory if missing, the socket with `mode`, and the group
 /// owner when configured. A stale socket left by a crash is replaced; a live one is not stolen.
 pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
         std::fs::create_dir_all(dir)?;
     }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let l = listen::bind_unix(path, mode).await?;
     if let Some(gid) = group {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(io::Error::from)?;
@@ -86,36 +74,28 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     }
 }
 
-/// Serves the control socket until `shutdown`; removes the socket file afterwards if `path`.
+/// Serves the control socket until `shutdown`, at most [`MAX_CONTROL_CONNECTIONS`] at once;
+/// removes the socket file afterwards if `path`.
 pub async fn serve(
     listener: UnixListener,
     ctl: Arc<Control>,
     path: Option<PathBuf>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let ctl = ctl.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, &ctl).await {
-                        debug!(error = %e, "control connection ended");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "control socket accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let cap = Cap {
+        name: "control",
+        permits: Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS)),
+        limit: MAX_CONTROL_CONNECTIONS,
+    };
+    listen::serve(OwnedUnix(listener, path), cap, shutdown, move |stream| {
+        let ctl = ctl.clone();
+        async move {
+            if let Err(e) = connection(stream, &ctl).await {
+                debug!(error = %e, "control connection ended");
             }
         }
-    }
-    if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
-    }
+    })
+    .await;
 }
 
 /// Root, our own uid, and members of the configured group (primary or supplementary) may steer

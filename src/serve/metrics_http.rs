@@ -22,10 +22,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::{CONTENT_TYPE, GaugeFn, Metrics};
+use crate::serve::listen::{self, Cap};
 
 /// The request head (request line and headers, with the blank line) may be at most this long;
 /// a longer one is answered 431.
@@ -41,8 +41,6 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Scrapes served at once; more wait in the kernel's accept queue.
 pub const MAX_SCRAPES: usize = 16;
-/// Back-off after a failed accept (EMFILE ...), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// hyper refuses a read buffer under 8 KiB; the head cap doubles as the buffer cap.
 const _: () = assert!(MAX_REQUEST_HEAD >= 8 * 1024);
@@ -54,40 +52,19 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     gauges: Arc<GaugeFn>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let metrics = metrics.clone();
-                let gauges = gauges.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    connection(stream, &metrics, &*gauges).await;
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "metrics: accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
-    tasks.abort_all();
-    debug!("metrics listener stopped");
+    let cap = Cap {
+        name: "metrics",
+        permits: Arc::new(Semaphore::new(MAX_SCRAPES)),
+        limit: MAX_SCRAPES,
+    };
+    listen::serve(listener, cap, shutdown, move |stream| {
+        let metrics = metrics.clone();
+        let gauges = gauges.clone();
+        async move { connection(stream, &metrics, &*gauges).await }
+    })
+    .await;
 }
 
 /// One accepted connection: one request, one answer, then close. 200 with the exposition, 404

@@ -9,5 +9,6 @@
 //! `metrics`, `clock`. Never the daemon's wiring or the command line.
 
 pub mod control;
+pub mod listen;
 pub mod metrics_http;
 pub mod postfix;

@@ -6,104 +6,25 @@
 //! closes that one connection; every other client keeps being served.
 
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::answer::{self, Rendered};
-use crate::config::{Config, ListenAddr, MapProfile, OnLookupError};
+use crate::config::{Config, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
 use crate::proto::{Protocol, Reply, Request};
 use crate::resolve::{Lookup, Resolution, Resolver};
+use crate::serve::listen::{self, Cap, Listener};
 
-/// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS ...): retrying at once would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one accept-failure warning per this interval.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How much a connection reads at a time. Requests are tens of bytes; the decoders bound the
 /// buffer to one maximal frame plus this.
 const READ_CHUNK: usize = 4096;
-
-/// A bound listening socket. Unix sockets remember their path so it can be removed at shutdown.
-pub enum Listener {
-    Tcp(TcpListener),
-    /// The path is removed at stop when we created the socket; None for a socket systemd passed
-    /// (it owns the path).
-    Unix(UnixListener, Option<PathBuf>),
-}
-
-impl Listener {
-    /// Binds one configured address. A stale unix socket file left by a crash is replaced, but a
-    /// socket another process still answers on is not stolen.
-    pub async fn bind(addr: &ListenAddr, unix_mode: u32) -> io::Result<Listener> {
-        match addr {
-            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
-            ListenAddr::Unix(path) => {
-                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if !meta.file_type().is_socket() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket", path.display()),
-                        ));
-                    }
-                    if tokio::net::UnixStream::connect(path).await.is_ok() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            format!("{} is in use by another process", path.display()),
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                let l = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
-                Ok(Listener::Unix(l, Some(path.clone())))
-            }
-        }
-    }
-
-    /// A listening socket passed by systemd (socket activation).
-    pub fn inherited(l: crate::service::InheritedListener) -> io::Result<Listener> {
-        match l {
-            crate::service::InheritedListener::Tcp(t) => {
-                t.set_nonblocking(true)?;
-                Ok(Listener::Tcp(TcpListener::from_std(t)?))
-            }
-            crate::service::InheritedListener::Unix(u) => {
-                u.set_nonblocking(true)?;
-                Ok(Listener::Unix(UnixListener::from_std(u)?, None))
-            }
-        }
-    }
-
-    /// The address actually bound (the real port when the config said 0).
-    pub fn local_addr(&self) -> io::Result<ListenAddr> {
-        match self {
-            Listener::Tcp(l) => Ok(ListenAddr::Tcp(l.local_addr()?)),
-            Listener::Unix(_, Some(p)) => Ok(ListenAddr::Unix(p.clone())),
-            Listener::Unix(l, None) => {
-                let a = l.local_addr()?;
-                let p = a.as_pathname().map(Path::to_path_buf).unwrap_or_default();
-                Ok(ListenAddr::Unix(p))
-            }
-        }
-    }
-
-    fn unix_path(&self) -> Option<&Path> {
-        match self {
-            Listener::Unix(_, p) => p.as_deref(),
-            Listener::Tcp(_) => None,
-        }
-    }
-}
 
 /// What every connection needs: the resolver, the config (profiles, limits) and the shared cap.
 pub struct Shared {
@@ -203,92 +124,32 @@ pub async fn run_listener(
     listener: Listener,
     protocol: Protocol,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     connections: watch::Receiver<bool>,
 ) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut cap_warned = false;
-    // Accept failures (EMFILE ...) repeat every back-off: logged once, then summarised.
-    let mut accept_errors: u64 = 0;
-    let mut last_accept_warn: Option<Instant> = None;
-    loop {
-        let permit = match shared.connections.clone().try_acquire_owned() {
-            Ok(p) => {
-                cap_warned = false;
-                p
-            }
-            Err(_) => {
-                if !cap_warned {
-                    warn!(
-                        protocol = protocol.name(),
-                        max_connections = shared.config().limits.max_connections,
-                        "connection limit reached; new clients wait in the accept queue"
-                    );
-                    cap_warned = true;
-                }
-                tokio::select! {
-                    p = shared.connections.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => break,
-                }
-            }
-        };
-        let accepted = tokio::select! {
-            a = accept(&listener) => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        match accepted {
-            Ok(stream) => {
-                let shared = shared.clone();
-                let shutdown = connections.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let _open = OpenGuard::new(&shared.open);
-                    match stream {
-                        Stream::Tcp(s) => {
-                            let _ = s.set_nodelay(true);
-                            serve_connection(s, protocol, &shared, shutdown).await
-                        }
-                        Stream::Unix(s) => serve_connection(s, protocol, &shared, shutdown).await,
-                    }
-                });
-            }
-            Err(e) => {
-                accept_errors += 1;
-                if last_accept_warn.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
-                    warn!(protocol = protocol.name(), error = %e, failures = accept_errors,
-                          "accept failed; backing off (check the file descriptor limit)");
-                    last_accept_warn = Some(Instant::now());
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+    let cap = Cap {
+        name: protocol.name(),
+        permits: shared.connections.clone(),
+        limit: shared.config().limits.max_connections,
+    };
+    listen::serve(listener, cap, shutdown, move |stream| {
+        let shared = shared.clone();
+        let shutdown = connections.clone();
+        async move {
+            let _open = OpenGuard::new(&shared.open);
+            serve_connection(stream, protocol, &shared, shutdown).await
         }
-    }
-    if let Some(p) = listener.unix_path() {
-        let _ = std::fs::remove_file(p);
-    }
+    })
+    .await;
     debug!(
         protocol = protocol.name(),
         listen = addr,
         "listener stopped"
     );
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(l: &Listener) -> io::Result<Stream> {
-    match l {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
-    }
 }
 
 /// Why a connection ended early; logged once.
