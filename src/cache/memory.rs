@@ -43,7 +43,7 @@ impl PolicyEntry {
             .unwrap_or(self.fetched)
     }
 
-    /// RFC 8461 §3.2 / spec A5.2: valid while `now < fetched + max_age`.
+    /// RFC 8461 §3.2: valid while `now < fetched + max_age`.
     pub fn is_valid(&self, now: SystemTime) -> bool {
         now < self.expires()
     }

@@ -119,6 +119,8 @@ mod tests {
                 .with_writer(move || w.clone())
                 .finish();
             let guard = tracing::subscriber::set_default(subscriber);
+            // See cache::journal's test `logged`: interest cached by another test thread.
+            tracing::callsite::rebuild_interest_cache();
             (logs, guard)
         }
         fn count(&self, needle: &str) -> usize {
