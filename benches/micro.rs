@@ -24,7 +24,7 @@ use mta_sts_policyd::clock::SystemClock;
 use mta_sts_policyd::discovery::{BoxFuture, FetchError, PolicySource, TxtLookup};
 use mta_sts_policyd::key::policy_domain;
 use mta_sts_policyd::policy::{Policy, parse_policy, parse_sts_record, select_sts_record};
-use mta_sts_policyd::proto::{Reply, socketmap, tcp_table};
+use mta_sts_policyd::proto::{Reply, SharedText, Value, socketmap, tcp_table};
 use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver, Settings};
 
 /// The example policy of RFC 8461 §3.2.
@@ -63,14 +63,14 @@ fn tlsrpt_profile() -> Profile {
 }
 
 /// The TLSRPT answer for the RFC example policy, as the daemon would send it.
-fn tlsrpt_answer() -> String {
-    match answer::render_fitting(
+fn tlsrpt_answer() -> Value {
+    match answer::render_fitting_owned(
         "example.com",
         &rfc_policy(),
         &tlsrpt_profile(),
-        socketmap::found_fits,
+        socketmap::value_fits,
     ) {
-        Rendered::Found(s) => s,
+        Rendered::Found(v) => v,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -236,11 +236,24 @@ fn bench_answer(c: &mut Criterion) {
     let tlsrpt = tlsrpt_profile();
     g.bench_function("render_fitting_tlsrpt", |b| {
         b.iter(|| {
-            answer::render_fitting(
+            answer::render_fitting_owned(
                 black_box("example.com"),
                 &policy,
                 &tlsrpt,
-                socketmap::found_fits,
+                socketmap::value_fits,
+            )
+        })
+    });
+    // What the lookup path does for a cached policy: the mx list is shared, not rendered.
+    let entry: Arc<dyn SharedText> = Arc::new(policy.mx.as_match_list().to_owned());
+    g.bench_function("render_fitting_plain_shared", |b| {
+        b.iter(|| {
+            answer::render_fitting(
+                black_box("example.com"),
+                &policy,
+                &plain,
+                || entry.clone(),
+                socketmap::value_fits,
             )
         })
     });

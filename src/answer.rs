@@ -1,25 +1,27 @@
 //! Turns a parsed policy and the operator's answer profile into the value of a Postfix
-//! `smtp_tls_policy_maps` answer (spec E1-E7, E13).
+//! `smtp_tls_policy_maps` answer (postconf(5) policy table syntax; TLSRPT attributes from
+//! Postfix's TLSRPT_README), and chooses the answer that fits the protocol's reply limit.
 //!
 //! This module knows Postfix's attribute syntax (`secure match=... servername=...` and the
 //! Postfix >= 3.10 TLSRPT attributes) but nothing about sockets or framing: the socketmap and
 //! `tcp_table` modules wrap its output, and tell it through `fits` how long an answer may be.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 
-use crate::policy::{Mode, Mx, MxList, MxPattern, Policy};
+use crate::policy::{Mode, MxPattern, Policy};
+use crate::proto::{SharedText, Value};
 
 /// How policies are turned into answers; set by the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
-    /// Answer `testing` policies like `enforce` ones (spec A6.5); off by default because RFC
-    /// 8461 §5 says testing must not affect delivery.
+    /// Answer `testing` policies like `enforce` ones; off by default because RFC 8461 §5 says
+    /// testing must not affect delivery.
     pub strict_testing: bool,
     /// Add `servername=hostname`, which RFC 8461 §7.1 needs (SNI = MX host name) and Postfix
-    /// does not send by default (spec E4).
+    /// does not send by default.
     pub servername: bool,
-    /// Add the TLSRPT attributes (spec E6). Only Postfix >= 3.10 accepts them; older versions
-    /// defer all mail for the destination (spec B5), hence opt-in.
+    /// Add the TLSRPT attributes. Only Postfix >= 3.10 accepts them; older versions defer all
+    /// mail for the destination (an unknown attribute is a table error), hence opt-in.
     pub tlsrpt: bool,
 }
 
@@ -33,15 +35,34 @@ impl Default for Profile {
     }
 }
 
-/// The value of a found answer (without "OK "), or `None` for NOTFOUND.
+/// How every plain answer starts; the policy's `mx` patterns follow, as Postfix's `match=`
+/// list (postconf(5), smtp_tls_policy_maps: ":" is the only separator in a policy table).
+pub const PLAIN_HEAD: &str = "secure match=";
+/// Appended when the profile asks for SNI: RFC 8461 §7.1 needs it and Postfix does not send it
+/// by default.
+const SERVERNAME: &str = " servername=hostname";
+
+/// Whether a policy applies at all: mode `none` never (RFC 8461 §5), `testing` only with
+/// `profile.strict_testing`, `enforce` always, and never without an `mx` (a `match=` with an
+/// empty list would not describe the policy).
+fn applies(policy: &Policy, profile: &Profile) -> bool {
+    let active = match policy.mode {
+        Mode::Enforce => true,
+        Mode::Testing => profile.strict_testing,
+        Mode::None => false,
+    };
+    active && !policy.mx.is_empty()
+}
+
+fn tail(profile: &Profile) -> &'static str {
+    if profile.servername { SERVERNAME } else { "" }
+}
+
+/// The value of a found answer (without "OK "), or `None` for NOTFOUND (see [`applies`]).
 ///
-/// Mode `none` gives `None` (RFC 8461 §5); `testing` gives `None` unless
-/// `profile.strict_testing` (spec A6.5); `enforce` gives `Some`. A policy without any `mx` also
-/// gives `None`, because `match=` with an empty list would not describe the policy.
-///
-/// `with_tlsrpt` adds the Postfix >= 3.10 TLSRPT attributes (spec E6). They are left out when
-/// `domain` is not a plain ASCII host name, because Postfix rejects the whole answer (and defers
-/// the mail) when `policy_domain` fails its `valid_hostname()` check (spec A9.2).
+/// `with_tlsrpt` adds the Postfix >= 3.10 TLSRPT attributes (Postfix's TLSRPT_README). They are
+/// left out when `domain` is not a plain ASCII host name, because Postfix rejects the whole
+/// answer (and defers the mail) when `policy_domain` fails its `valid_hostname()` check.
 #[must_use]
 pub fn render(
     domain: &str,
@@ -49,32 +70,19 @@ pub fn render(
     profile: &Profile,
     with_tlsrpt: bool,
 ) -> Option<String> {
-    let active = match policy.mode {
-        Mode::Enforce => true,
-        Mode::Testing => profile.strict_testing,
-        Mode::None => false,
-    };
-    if !active {
+    if !applies(policy, profile) {
         return None;
     }
-    let patterns = unique_patterns(&policy.mx);
-    if patterns.is_empty() {
-        return None;
-    }
-
-    // Spec E2: in the policy table the only valid match separator is ":".
-    let mut out = String::from("secure match=");
-    let match_list: Vec<String> = patterns.iter().map(|p| p.match_form()).collect();
-    out.push_str(&match_list.join(":"));
-    if profile.servername {
-        out.push_str(" servername=hostname");
-    }
+    let mut out = String::from(PLAIN_HEAD);
+    out.push_str(policy.mx.as_match_list());
+    out.push_str(tail(profile));
 
     if with_tlsrpt && let Some(domain) = policy_domain(domain) {
-        // Spec E6: policy_type must come with the other STS attributes, or Postfix defers.
+        // TLSRPT_README: policy_type must come with the other STS attributes, or Postfix
+        // defers.
         out.push_str(" policy_type=sts policy_domain=");
         out.push_str(&domain);
-        for p in &patterns {
+        for p in policy.mx.iter() {
             out.push_str(" mx_host_pattern=");
             out.push_str(&p.policy_form());
         }
@@ -96,41 +104,65 @@ pub fn render(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rendered {
     /// The answer value (without "OK ").
-    Found(String),
+    Found(Value),
     NotFound,
-    /// Even the plain answer does not fit: the caller answers TEMP and logs an error (spec E13).
+    /// Even the plain answer does not fit: the caller answers TEMP and logs an error.
     TooLarge,
 }
 
 /// Chooses what to send: with `profile.tlsrpt`, first the full TLSRPT answer; if `fits` rejects
-/// it, the plain answer (spec E13); if that does not fit either, [`Rendered::TooLarge`].
+/// it, the plain answer; if that does not fit either, [`Rendered::TooLarge`].
+///
+/// The plain answer is not rendered: it is [`PLAIN_HEAD`], the text `mx_list` shares (which
+/// must be `policy.mx.as_match_list()`, owned by something the reply may keep alive, such as
+/// the cached policy) and a constant tail, so a cached policy is answered by copying.
 pub fn render_fitting(
     domain: &str,
     policy: &Policy,
     profile: &Profile,
-    fits: impl Fn(&str) -> bool,
+    mx_list: impl FnOnce() -> Arc<dyn SharedText>,
+    fits: impl Fn(&Value) -> bool,
 ) -> Rendered {
+    if !applies(policy, profile) {
+        return Rendered::NotFound;
+    }
     if profile.tlsrpt
-        && let Some(full) = render(domain, policy, profile, true)
+        && let Some(full) = render(domain, policy, profile, true).map(Value::Owned)
         && fits(&full)
     {
         return Rendered::Found(full);
     }
-    match render(domain, policy, profile, false) {
-        None => Rendered::NotFound,
-        Some(plain) if fits(&plain) => Rendered::Found(plain),
-        Some(_) => Rendered::TooLarge,
+    let plain = Value::Shared {
+        head: PLAIN_HEAD,
+        body: mx_list(),
+        tail: tail(profile),
+    };
+    debug_assert_eq!(plain.parts()[1], policy.mx.as_match_list());
+    if fits(&plain) {
+        Rendered::Found(plain)
+    } else {
+        Rendered::TooLarge
     }
 }
 
-// Spec E4: policy order, no duplicates (first occurrence kept). Patterns are lowercase already,
-// so equal patterns are exactly the equal match= and mx_host_pattern entries.
-fn unique_patterns(mx: &MxList) -> Vec<Mx<'_>> {
-    let mut seen = HashSet::new();
-    mx.iter().filter(|p| seen.insert(*p)).collect()
+/// [`render_fitting`] with the mx list copied into the reply: for one-off answers (`query`,
+/// tests) that hold no cached policy to share.
+pub fn render_fitting_owned(
+    domain: &str,
+    policy: &Policy,
+    profile: &Profile,
+    fits: impl Fn(&Value) -> bool,
+) -> Rendered {
+    render_fitting(
+        domain,
+        policy,
+        profile,
+        || Arc::new(policy.mx.as_match_list().to_owned()),
+        fits,
+    )
 }
 
-// Spec A9.2: policy_domain must be an ASCII host name. MxPattern::parse already implements the
+// TLSRPT_README: policy_domain must be an ASCII host name. MxPattern::parse already implements the
 // LDH rules (A-labels only, no address literals), so reuse it and refuse wildcards.
 fn policy_domain(domain: &str) -> Option<String> {
     MxPattern::parse(domain)
@@ -139,7 +171,7 @@ fn policy_domain(domain: &str) -> Option<String> {
         .map(|p| p.policy_form())
 }
 
-// Spec E6: `{ name = value }` cannot carry braces, and anything outside printable ASCII could
+// TLSRPT_README: `{ name = value }` cannot carry braces, and anything outside printable ASCII could
 // break Postfix's attribute parsing (line breaks become spaces, the reply framing, logs).
 fn representable(s: &str) -> bool {
     s.bytes()
@@ -149,16 +181,16 @@ fn representable(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_policy;
+    use crate::policy::{MxList, parse_policy};
     use std::cell::RefCell;
 
     use crate::policy::tests::RFC_EXAMPLE;
 
-    /// Spec E4, verbatim.
+    /// The plain answer for RFC 8461 §3.2's example policy.
     const E4: &str =
         "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname";
 
-    /// Spec E6, verbatim.
+    /// The TLSRPT answer (Postfix >= 3.10) for the same policy.
     const E6: &str = "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net } { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }";
 
     fn policy(body: &str) -> Policy {
@@ -181,12 +213,12 @@ mod tests {
     }
 
     #[test]
-    fn spec_e4_profile_default() {
+    fn default_profile_adds_servername_only() {
         assert_eq!(Profile::default(), profile(false, true, false));
     }
 
     #[test]
-    fn spec_e4_rfc8461_3_2_example_plain_answer_byte_for_byte() {
+    fn rfc8461_3_2_example_plain_answer_byte_for_byte() {
         let p = policy(RFC_EXAMPLE);
         assert_eq!(
             render("example.com", &p, &Profile::default(), false).as_deref(),
@@ -195,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_e6_rfc8461_3_2_example_tlsrpt_answer_byte_for_byte() {
+    fn rfc8461_3_2_example_tlsrpt_answer_byte_for_byte() {
         let p = policy(RFC_EXAMPLE);
         assert_eq!(
             render("example.com", &p, &Profile::default(), true).as_deref(),
@@ -220,7 +252,7 @@ mod tests {
             assert_eq!(render("example.com", &p, &prof, false), None);
             assert_eq!(render("example.com", &p, &prof, true), None);
             assert_eq!(
-                render_fitting("example.com", &p, &prof, |_| true),
+                render_fitting_owned("example.com", &p, &prof, |_: &Value| true),
                 Rendered::NotFound
             );
         }
@@ -258,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_e3_wildcards_become_dot_prefixed_match_patterns() {
+    fn rfc8461_4_1_wildcards_become_dot_prefixed_match_patterns() {
         let p = policy(
             "version: STSv1\nmode: enforce\nmx: *.MX.Example.org\nmx: Mail.Example.org\nmax_age: 1\n",
         );
@@ -275,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_e4_patterns_deduplicated_first_occurrence_kept() {
+    fn patterns_deduplicated_first_occurrence_kept() {
         let p = policy(
             "version: STSv1\nmode: enforce\nmx: b.example\nmx: *.a.example\nmx: B.EXAMPLE\n\
              mx: c.example\nmx: *.A.example\nmx: b.example\nmax_age: 1\n",
@@ -294,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_e6_lines_postfix_cannot_carry_are_left_out() {
+    fn tlsrpt_lines_postfix_cannot_carry_are_left_out() {
         let p = policy(
             "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n\
              open: a{b\nclose: a}b\nname: {x}\nutf8: café\nc1: a\u{85}b\nok: plain text = 1, 2\n\
@@ -345,78 +377,87 @@ mod tests {
     }
 
     #[test]
-    fn spec_e4_never_an_empty_match_list() {
+    fn never_an_empty_match_list() {
         // A parsed enforce policy always has mx; guard against hand-built ones anyway.
         let mut p = policy(RFC_EXAMPLE);
         p.mx = MxList::default();
         assert_eq!(render("example.com", &p, &Profile::default(), false), None);
         assert_eq!(render("example.com", &p, &Profile::default(), true), None);
         assert_eq!(
-            render_fitting("example.com", &p, &profile(false, true, true), |_| true),
+            render_fitting_owned(
+                "example.com",
+                &p,
+                &profile(false, true, true),
+                |_: &Value| true
+            ),
             Rendered::NotFound
         );
     }
 
     #[test]
-    fn spec_e13_render_fitting_prefers_tlsrpt_then_plain_then_too_large() {
+    fn render_fitting_prefers_tlsrpt_then_plain_then_too_large() {
         let p = policy(RFC_EXAMPLE);
         let tlsrpt = profile(false, true, true);
-        let limit = |n: usize| move |s: &str| s.len() <= n;
+        let limit = |n: usize| move |v: &Value| v.len() <= n;
         assert_eq!(
-            render_fitting("example.com", &p, &tlsrpt, limit(E6.len())),
-            Rendered::Found(E6.to_owned())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(E6.len())),
+            Rendered::Found(E6.into())
         );
         assert_eq!(
-            render_fitting("example.com", &p, &tlsrpt, limit(E6.len() - 1)),
-            Rendered::Found(E4.to_owned())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(E6.len() - 1)),
+            Rendered::Found(E4.into())
         );
         assert_eq!(
-            render_fitting("example.com", &p, &tlsrpt, limit(E4.len())),
-            Rendered::Found(E4.to_owned())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(E4.len())),
+            Rendered::Found(E4.into())
         );
         assert_eq!(
-            render_fitting("example.com", &p, &tlsrpt, limit(E4.len() - 1)),
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(E4.len() - 1)),
             Rendered::TooLarge
         );
         // Without the tlsrpt profile the TLSRPT form is never offered.
         let asked = RefCell::new(Vec::new());
-        let r = render_fitting("example.com", &p, &Profile::default(), |s| {
-            asked.borrow_mut().push(s.to_owned());
+        let r = render_fitting_owned("example.com", &p, &Profile::default(), |v: &Value| {
+            asked.borrow_mut().push(v.to_string());
             true
         });
-        assert_eq!(r, Rendered::Found(E4.to_owned()));
+        assert_eq!(r, Rendered::Found(E4.into()));
         assert_eq!(asked.into_inner(), [E4]);
         // NotFound wins over size: nothing to send, nothing to measure.
         let testing = with_mode("testing");
         assert_eq!(
-            render_fitting("example.com", &testing, &tlsrpt, |_| false),
+            render_fitting_owned("example.com", &testing, &tlsrpt, |_: &Value| false),
             Rendered::NotFound
         );
     }
 
     #[test]
-    fn spec_e13_large_policy_falls_back_to_plain_answer() {
+    fn large_policy_falls_back_to_plain_answer() {
         let mut body = String::from(RFC_EXAMPLE);
         for i in 0..2000 {
             body.push_str(&format!("x-note{i}: padding line\n"));
         }
         let p = policy(&body);
-        let socketmap_like = |s: &str| s.len() + 3 <= 100_000;
+        let socketmap_like = |v: &Value| v.len() + 3 <= 100_000;
         let full = render("example.com", &p, &Profile::default(), true).unwrap_or_default();
         assert!(full.len() > 60_000);
         assert_eq!(
-            render_fitting("example.com", &p, &profile(false, true, true), |s| s.len()
-                <= 4096),
-            Rendered::Found(E4.to_owned())
+            render_fitting_owned(
+                "example.com",
+                &p,
+                &profile(false, true, true),
+                |v: &Value| v.len() <= 4096
+            ),
+            Rendered::Found(E4.into())
         );
         assert_eq!(
-            render_fitting(
+            render_fitting_owned(
                 "example.com",
                 &p,
                 &profile(false, true, true),
                 socketmap_like
             ),
-            Rendered::Found(full)
+            Rendered::Found(full.into())
         );
     }
 }

@@ -17,9 +17,9 @@ use mta_sts_policyd::answer::{self, Profile, Rendered};
 use mta_sts_policyd::cache::journal::Store;
 use mta_sts_policyd::key;
 use mta_sts_policyd::policy::{self, MAX_AGE_LIMIT, MAX_POLICY_BYTES, Mode, Mx, MxPattern, Policy};
-use mta_sts_policyd::proto::Reply;
 use mta_sts_policyd::proto::socketmap::{self, SocketmapCodec};
 use mta_sts_policyd::proto::tcp_table::{self, TcpTableCodec};
+use mta_sts_policyd::proto::{Reply, Value};
 
 // ---- chunking -----------------------------------------------------------------------------------
 
@@ -478,7 +478,7 @@ pub fn decode_render_case(input: &[u8]) -> RenderCase {
 
 fn socketmap_wire_ok(value: &str) {
     let mut wire = BytesMut::new();
-    socketmap::encode_reply(&Reply::Found(value.to_owned()), &mut wire);
+    socketmap::encode_reply(&Reply::Found(value.into()), &mut wire);
     let colon = wire
         .iter()
         .position(|&b| b == b':')
@@ -499,7 +499,7 @@ fn socketmap_wire_ok(value: &str) {
 
 fn tcp_table_wire_ok(value: &str) {
     let mut wire = BytesMut::new();
-    tcp_table::encode_reply(&Reply::Found(value.to_owned()), &mut wire);
+    tcp_table::encode_reply(&Reply::Found(value.into()), &mut wire);
     assert!(wire.len() <= tcp_table::MAX_LINE, "tcp_table line too long");
     assert!(wire.starts_with(b"200 "), "not sent as 200");
     assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
@@ -643,6 +643,13 @@ fn unique(policy: &Policy) -> Vec<Mx<'_>> {
     policy.mx.iter().filter(|m| seen.insert(*m)).collect()
 }
 
+/// [`Rendered`] with the found value as one string, for comparing with [`answer::render`].
+enum RenderedText {
+    Found(String),
+    NotFound,
+    TooLarge,
+}
+
 /// Target 6: `answer::render_fitting` with both protocols' `found_fits`.
 ///
 /// NOTFOUND exactly for inactive policies (mode none, testing without `strict_testing`); a found
@@ -672,12 +679,21 @@ pub fn check_render(case: &RenderCase) {
         ("tcp_table", tcp_table::found_fits, tcp_table_wire_ok),
     ];
     for (name, fits, wire_ok) in protocols {
-        let rendered = answer::render_fitting(domain, &policy, profile, fits);
+        // The answer must be the same whether its mx list is shared with a cached policy (the
+        // lookup path) or copied (query): both go through the same choice.
+        let rendered = answer::render_fitting_owned(domain, &policy, profile, |v: &Value| {
+            fits(&v.to_string())
+        });
+        let rendered = match rendered {
+            Rendered::Found(v) => RenderedText::Found(v.to_string()),
+            Rendered::NotFound => RenderedText::NotFound,
+            Rendered::TooLarge => RenderedText::TooLarge,
+        };
         let full = answer::render(domain, &policy, profile, true);
         let plain = answer::render(domain, &policy, profile, false);
         match &rendered {
-            Rendered::NotFound => assert!(!active, "{name}: active policy answered NOTFOUND"),
-            Rendered::Found(v) => {
+            RenderedText::NotFound => assert!(!active, "{name}: active policy answered NOTFOUND"),
+            RenderedText::Found(v) => {
                 assert!(active, "{name}: inactive policy answered {v:?}");
                 assert!(fits(v), "{name}: answer does not fit");
                 wire_ok(v);
@@ -691,7 +707,7 @@ pub fn check_render(case: &RenderCase) {
                     assert_eq!(Some(v), plain.as_ref(), "{name}: not the plain answer");
                 }
             }
-            Rendered::TooLarge => {
+            RenderedText::TooLarge => {
                 assert!(active);
                 let plain = plain.expect("active policy renders");
                 assert!(

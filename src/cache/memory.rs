@@ -15,6 +15,7 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::policy::{Mode, Policy};
+use crate::proto::SharedText;
 
 /// A policy as fetched: immutable once made, shared by `Arc` with every lookup that answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,14 @@ impl PolicyEntry {
     /// RFC 8461 §3.2: valid while `now < fetched + max_age`.
     pub fn is_valid(&self, now: SystemTime) -> bool {
         now < self.expires()
+    }
+}
+
+/// A found answer for a cached policy borrows its mx list from the entry (see
+/// `answer::render_fitting`), so the lookup path copies it instead of rendering it.
+impl SharedText for PolicyEntry {
+    fn text(&self) -> &str {
+        self.policy.mx.as_match_list()
     }
 }
 

@@ -58,7 +58,7 @@ pub struct Policy {
     pub max_age: u32,
     /// The file said more than [`MAX_AGE_LIMIT`]; the caller logs it.
     pub max_age_clamped: bool,
-    /// All `mx` patterns in file order, duplicates kept as in the file.
+    /// The `mx` patterns in file order, each once (the first occurrence).
     pub mx: MxList,
     /// Every non-empty line as (key, trimmed value), in file order, duplicates and unknown fields
     /// included: the TLSRPT `policy-string` (RFC 8460 §4.5) and the persisted form need them.
@@ -680,15 +680,17 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn rfc8461_3_2_mx_duplicates_and_order_kept() {
+    fn rfc8461_3_2_mx_order_kept_repeats_collapsed_lines_kept_verbatim() {
         let p = ok(
             "version: STSv1\nmode: enforce\nmx: b.example\nmx: A.example\n\
                     max_age: 1\nmx: b.example\nmx: *.c.example\n",
         );
-        assert_eq!(
-            forms(&p),
-            ["b.example", "a.example", "b.example", "*.c.example"]
-        );
+        // A repeated pattern matches nothing more (RFC 8461 §4.1): kept once, where it first
+        // appears.
+        assert_eq!(forms(&p), ["b.example", "a.example", "*.c.example"]);
+        assert_eq!(p.mx.as_match_list(), "b.example:a.example:.c.example");
+        // The policy file's lines keep the repeat, for the TLSRPT policy-string.
+        assert_eq!(p.lines.iter().filter(|(k, _)| *k == "mx").count(), 4);
         // `lines` keeps the file's spelling; only `mx` is normalized.
         assert_eq!(
             p.lines.to_vec()[3],

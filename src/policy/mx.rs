@@ -25,9 +25,11 @@ pub struct Mx<'a> {
 }
 
 impl<'a> Mx<'a> {
-    /// From a line of an [`MxList`] (checked and lowercased when the list was built).
-    fn from_policy_form(form: &'a str) -> Mx<'a> {
-        match form.strip_prefix("*.") {
+    /// From an entry of an [`MxList`] (checked and lowercased when the list was built): the
+    /// Postfix `match=` form, where a leading `.` stands for RFC 8461's `*.` (a host name never
+    /// starts with a dot, so the two forms map one to one).
+    fn from_match_form(form: &'a str) -> Mx<'a> {
+        match form.strip_prefix('.') {
             Some(domain) => Mx {
                 wildcard: true,
                 domain,
@@ -90,9 +92,11 @@ impl<'a> Mx<'a> {
     }
 }
 
-/// A policy's `mx` patterns in file order (duplicates kept), in one allocation: each policy
-/// form followed by a line feed. A cache of 100,000 policies would otherwise spend three
-/// allocations per policy on them.
+/// A policy's `mx` patterns in file order, each once (first occurrence kept: a repeated
+/// pattern adds nothing to RFC 8461 §4.1 matching; the policy's `lines` keep the file as it was),
+/// stored as exactly the Postfix `match=` list (`mail.example.com:.example.net`): the answer
+/// for a cached policy is then this string with a fixed head and tail, so the lookup path
+/// copies it instead of rendering it. One allocation per policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MxList(Box<str>);
 
@@ -100,23 +104,46 @@ impl MxList {
     /// One exact allocation: this runs for every policy loaded at start-up, and growing a string
     /// would leave freed fragments between the long-lived ones.
     pub(super) fn from_checked(patterns: &[Mx<'_>]) -> MxList {
-        let len = patterns
+        // Patterns compare case-insensitively; a policy has a handful, so quadratic is fine.
+        let same = |a: &Mx<'_>, b: &Mx<'_>| {
+            a.wildcard == b.wildcard && a.domain.eq_ignore_ascii_case(b.domain)
+        };
+        let unique: Vec<&Mx<'_>> = patterns
             .iter()
-            .map(|p| p.domain.len() + if p.wildcard { 3 } else { 1 })
-            .sum();
+            .enumerate()
+            .filter(|(i, p)| !patterns[..*i].iter().any(|q| same(p, q)))
+            .map(|(_, p)| p)
+            .collect();
+        let len = unique
+            .iter()
+            .map(|p| p.domain.len() + usize::from(p.wildcard) + 1)
+            .sum::<usize>()
+            .saturating_sub(1);
         let mut s = String::with_capacity(len);
-        for p in patterns {
+        for (i, p) in unique.iter().enumerate() {
+            if i > 0 {
+                // RFC 8461's patterns go into one Postfix `match=` attribute, whose only
+                // separator in a policy table is ":" (postconf(5), smtp_tls_policy_maps).
+                s.push(':');
+            }
             if p.wildcard {
-                s.push_str("*.");
+                s.push('.');
             }
             s.extend(p.domain.chars().map(|c| c.to_ascii_lowercase()));
-            s.push('\n');
         }
         MxList(s.into_boxed_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Mx<'_>> + Clone {
-        self.0.lines().map(Mx::from_policy_form)
+        self.0
+            .split(':')
+            .filter(|f| !f.is_empty())
+            .map(Mx::from_match_form)
+    }
+
+    /// The patterns as Postfix's `match=` value: `mail.example.com:.example.net`.
+    pub fn as_match_list(&self) -> &str {
+        &self.0
     }
 
     /// The `i`-th pattern in file order.

@@ -14,29 +14,16 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use bytes::{Bytes, BytesMut};
-
+mod codec;
 pub mod socketmap;
 pub mod tcp_table;
+
+pub(crate) use codec::truncate_str;
+pub use codec::{Codec, FatalFrame, Reply, Request, SharedText, Spec, Value};
 
 /// Every protocol the daemon speaks, in the order listeners, metrics and `check` list them.
 /// Registration happens here and nowhere else.
 static REGISTRY: [&Spec; 2] = [&socketmap::SPEC, &tcp_table::SPEC];
-
-/// What a protocol module tells the rest of the daemon about itself.
-pub struct Spec {
-    /// The config section, the `protocol` metric label and the name in logs and `check`.
-    pub name: &'static str,
-    /// Listen addresses when the config section is absent (Postfix-style `inet:`/`unix:`).
-    pub default_listen: &'static [&'static str],
-    /// Whether requests name the map (socketmap); when they do not (tcp_table), the listener's
-    /// configured `map` picks the profile.
-    pub names_map: bool,
-    /// Whether a found value fits the protocol's reply size limit once encoded.
-    pub found_fits: fn(&str) -> bool,
-    /// A fresh codec for one connection.
-    pub new_codec: fn() -> Box<dyn Codec>,
-}
 
 /// A registered protocol: a cheap, copyable handle on its [`Spec`].
 #[derive(Clone, Copy)]
@@ -79,7 +66,7 @@ impl Protocol {
         self.spec.names_map
     }
 
-    pub fn found_fits(self, value: &str) -> bool {
+    pub fn found_fits(self, value: &Value) -> bool {
         (self.spec.found_fits)(value)
     }
 
@@ -123,74 +110,5 @@ impl fmt::Debug for Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// One decoded request, the same for every protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// A lookup of `key` (raw bytes, as Postfix sent them after the protocol's own decoding).
-    /// `map` is the map name where the protocol carries one.
-    Lookup { map: Option<String>, key: Bytes },
-    /// A well-framed request that is not a lookup; answered with [`Reply::Perm`].
-    Invalid(&'static str),
-}
-
-/// A framing error after which the connection cannot continue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FatalFrame {
-    /// For the log.
-    pub message: String,
-    /// Sent before closing, so that Postfix's log shows why; None where nothing can be framed.
-    pub reply: Option<Reply>,
-}
-
-/// A protocol's per-connection state: request framing and reply encoding.
-pub trait Codec: Send {
-    /// The next complete request in `buf` (consumed from it), `None` until one is complete.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, FatalFrame>;
-    /// Appends the encoded `reply` to `out`.
-    fn encode(&self, reply: &Reply, out: &mut BytesMut);
-}
-
-/// The answer to one lookup, before it is put on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// A policy. Must be non-empty: Postfix treats an empty result as a configuration error and
-    /// defers mail (`socketmap_table(5)`, `tcp_table(5)`), so the encoders send NOTFOUND instead.
-    Found(String),
-    /// No policy; Postfix goes on to the next table, or its own default level.
-    NotFound,
-    /// Internal fault; Postfix defers the mail.
-    Temp(String),
-    /// Protocol misuse (`socketmap_table(5)` PERM). tcp_table has no permanent code and sends
-    /// it as `400` like [`Reply::Temp`].
-    Perm(String),
-}
-
-/// The longest prefix of `s` that is at most `max` bytes and ends on a char boundary, so that a
-/// truncated reason stays valid UTF-8 in Postfix's logs.
-pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proto_truncate_str_keeps_char_boundaries() {
-        assert_eq!(truncate_str("abc", 3), "abc");
-        assert_eq!(truncate_str("abc", 2), "ab");
-        assert_eq!(truncate_str("aü", 2), "a");
-        assert_eq!(truncate_str("aü", 3), "aü");
-        assert_eq!(truncate_str("ü", 0), "");
     }
 }

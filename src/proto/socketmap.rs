@@ -10,7 +10,7 @@ use std::{fmt, io};
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{Reply, truncate_str};
+use super::{Reply, Value, truncate_str};
 
 /// Largest request payload accepted, in bytes. Postfix >= 3.12 caps keys at 10,000 bytes
 /// (`socketmap_max_query_size`) and the map name rides along in the same netstring, hence the
@@ -175,6 +175,11 @@ pub fn found_fits(value: &str) -> bool {
     3 + value.len() <= MAX_REPLY
 }
 
+/// [`found_fits`] for a [`Value`] in pieces.
+pub fn value_fits(value: &Value) -> bool {
+    3 + value.len() <= MAX_REPLY
+}
+
 /// Appends one reply netstring (`socketmap_table(5)`, REPLY FORMAT).
 ///
 /// * `Found` with an empty value is a bug (`3:OK ,` is an empty-result error that makes Postfix
@@ -188,14 +193,14 @@ pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
             debug_assert!(!value.is_empty(), "socketmap: Found with an empty value");
             if value.is_empty() {
                 put_netstring(dst, "NOTFOUND ", "");
-            } else if !found_fits(value) {
+            } else if !value_fits(value) {
                 tracing::error!(
                     len = value.len(),
                     "socketmap reply exceeds {MAX_REPLY} bytes; sending TEMP"
                 );
                 put_netstring(dst, "TEMP ", "reply too large for socketmap");
             } else {
-                put_netstring(dst, "OK ", value);
+                put_netstring_parts(dst, "OK ", &value.parts());
             }
         }
         Reply::NotFound => put_netstring(dst, "NOTFOUND ", ""),
@@ -212,12 +217,22 @@ fn put_reason(dst: &mut BytesMut, status: &str, reason: &str) {
 /// (its time limit, `socketmap_table(5)`). `usize`'s `Display` never emits leading zeros
 /// (netstrings.txt forbids them).
 fn put_netstring(dst: &mut BytesMut, status: &str, text: &str) {
-    let len = (status.len() + text.len()).to_string();
-    dst.reserve(len.len() + 1 + status.len() + text.len() + 1);
-    dst.extend_from_slice(len.as_bytes());
-    dst.extend_from_slice(b":");
+    put_netstring_parts(dst, status, &[text]);
+}
+
+/// One netstring whose payload is `status` followed by `parts`, written straight into `dst`
+/// (no intermediate string: this is the lookup path).
+fn put_netstring_parts(dst: &mut BytesMut, status: &str, parts: &[&str]) {
+    use std::fmt::Write as _;
+    let payload = status.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    // At most 6 digits (MAX_REPLY); the colon, comma and status are counted in `payload`.
+    dst.reserve(payload + 8);
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(dst, "{payload}:");
     dst.extend_from_slice(status.as_bytes());
-    dst.extend_from_slice(text.as_bytes());
+    for p in parts {
+        dst.extend_from_slice(p.as_bytes());
+    }
     dst.extend_from_slice(b",");
 }
 
@@ -244,7 +259,7 @@ pub static SPEC: super::Spec = super::Spec {
     name: "socketmap",
     default_listen: &["inet:127.0.0.1:8461"],
     names_map: true,
-    found_fits,
+    found_fits: value_fits,
     new_codec: || Box::<SocketmapCodec>::default(),
 };
 
@@ -352,7 +367,10 @@ mod tests {
     #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "empty value"))]
     fn socketmap_empty_found_sent_as_notfound() {
-        assert_eq!(encoded(&Reply::Found(String::new())), b"9:NOTFOUND ,");
+        assert_eq!(
+            encoded(&Reply::Found(String::new().into())),
+            b"9:NOTFOUND ,"
+        );
     }
 
     #[test]
@@ -372,13 +390,13 @@ mod tests {
         assert!(found_fits(&exact));
         assert!(!found_fits(&over));
 
-        let wire = encoded(&Reply::Found(exact.clone()));
+        let wire = encoded(&Reply::Found(exact.clone().into()));
         assert!(wire.starts_with(b"100000:OK xxx"));
         assert_eq!(reply_payload(&wire).len(), MAX_REPLY);
 
         // 100 001 bytes would be "input exceeds size limit" in Postfix.
         assert_eq!(
-            encoded(&Reply::Found(over)),
+            encoded(&Reply::Found(over.into())),
             b"34:TEMP reply too large for socketmap,"
         );
     }
@@ -617,7 +635,7 @@ mod tests {
 
     fn any_reply() -> impl Strategy<Value = Reply> {
         prop_oneof![
-            ".+".prop_map(Reply::Found),
+            ".+".prop_map(|s: String| Reply::Found(s.into())),
             Just(Reply::NotFound),
             ".*".prop_map(Reply::Temp),
             ".*".prop_map(Reply::Perm),
@@ -631,7 +649,7 @@ mod tests {
             let payload = reply_payload(&wire);
             prop_assert!(payload.len() <= MAX_REPLY);
             let expected: Vec<u8> = match &reply {
-                Reply::Found(v) => [b"OK ", v.as_bytes()].concat(),
+                Reply::Found(v) => [b"OK ", v.to_string().as_bytes()].concat(),
                 Reply::NotFound => b"NOTFOUND ".to_vec(),
                 Reply::Temp(r) => [b"TEMP ", r.as_bytes()].concat(),
                 Reply::Perm(r) => [b"PERM ", r.as_bytes()].concat(),

@@ -10,7 +10,7 @@ use std::{fmt, io};
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::Reply;
+use super::{Reply, Value};
 
 /// Longest request or reply line, newline included; replies are counted after %XX encoding
 /// (`tcp_table(5)`; Postfix 3.7 takes a line of 4096 bytes and fails one of 4097).
@@ -182,15 +182,35 @@ fn encoded_len(s: &[u8]) -> usize {
     s.iter().map(|&b| if needs_escape(b) { 3 } else { 1 }).sum()
 }
 
-fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
+/// Where encoded bytes go: a reply buffer, or a key being encoded.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+fn push_encoded(out: &mut impl Sink, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s {
+    // Runs of bytes that need no escape are copied whole.
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
         if needs_escape(b) {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
-        } else {
-            out.push(b);
+            out.put(&s[start..i]);
+            out.put(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            start = i + 1;
         }
     }
+    out.put(&s[start..]);
 }
 
 /// %XX-encodes `key` the way Postfix's client does (uppercase hex, no case folding), e.g.
@@ -208,6 +228,17 @@ pub fn found_fits(value: &str) -> bool {
     LINE_OVERHEAD + encoded_len(value.as_bytes()) <= MAX_LINE
 }
 
+/// [`found_fits`] for a [`Value`] in pieces.
+pub fn value_fits(value: &Value) -> bool {
+    LINE_OVERHEAD
+        + value
+            .parts()
+            .iter()
+            .map(|p| encoded_len(p.as_bytes()))
+            .sum::<usize>()
+        <= MAX_LINE
+}
+
 /// Appends one reply line (`tcp_table(5)`, REPLY FORMAT). Always a bare LF: `\r\n` would put a
 /// CR into the value Postfix returns.
 ///
@@ -221,20 +252,20 @@ pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
         Reply::Found(value) => {
             debug_assert!(!value.is_empty(), "tcp_table: Found with an empty value");
             if value.is_empty() {
-                put_line(dst, b"500 ", b"not found");
-            } else if !found_fits(value) {
+                put_line(dst, b"500 ", "not found");
+            } else if !value_fits(value) {
                 tracing::error!(
                     len = value.len(),
                     "tcp_table reply exceeds {MAX_LINE} bytes; sending 400"
                 );
-                put_line(dst, b"400 ", b"reply too large for tcp_table");
+                put_line(dst, b"400 ", "reply too large for tcp_table");
             } else {
-                put_line(dst, b"200 ", value.as_bytes());
+                put_line_parts(dst, b"200 ", &value.parts());
             }
         }
-        Reply::NotFound => put_line(dst, b"500 ", b"not found"),
+        Reply::NotFound => put_line(dst, b"500 ", "not found"),
         Reply::Temp(reason) | Reply::Perm(reason) => {
-            put_line(dst, b"400 ", fit_reason(reason).as_bytes());
+            put_line(dst, b"400 ", fit_reason(reason));
         }
     }
 }
@@ -253,12 +284,19 @@ fn fit_reason(reason: &str) -> &str {
     reason
 }
 
-fn put_line(dst: &mut BytesMut, status: &[u8], text: &[u8]) {
-    let mut line = Vec::with_capacity(status.len() + encoded_len(text) + 1);
-    line.extend_from_slice(status);
-    push_encoded(&mut line, text);
-    line.push(b'\n');
-    dst.extend_from_slice(&line);
+fn put_line(dst: &mut BytesMut, status: &[u8], text: &str) {
+    put_line_parts(dst, status, &[text]);
+}
+
+/// One reply line, `status` then the %XX-encoded `parts`, written straight into `dst`.
+fn put_line_parts(dst: &mut BytesMut, status: &[u8], parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| encoded_len(p.as_bytes())).sum();
+    dst.reserve(status.len() + len + 1);
+    dst.extend_from_slice(status);
+    for p in parts {
+        push_encoded(dst, p.as_bytes());
+    }
+    dst.extend_from_slice(b"\n");
 }
 
 impl Encoder<&Reply> for TcpTableCodec {
@@ -285,7 +323,7 @@ pub static SPEC: super::Spec = super::Spec {
     name: "tcp_table",
     default_listen: &[],
     names_map: false,
-    found_fits,
+    found_fits: value_fits,
     new_codec: || Box::<TcpTableCodec>::default(),
 };
 
@@ -385,7 +423,10 @@ mod tests {
     #[test]
     #[cfg_attr(debug_assertions, should_panic(expected = "empty value"))]
     fn tcp_table_empty_found_sent_as_notfound() {
-        assert_eq!(encoded(&Reply::Found(String::new())), b"500 not%20found\n");
+        assert_eq!(
+            encoded(&Reply::Found(String::new().into())),
+            b"500 not%20found\n"
+        );
     }
 
     #[test]
@@ -403,18 +444,18 @@ mod tests {
         // 4 + 4091 + 1 = 4096 bytes.
         let exact = "x".repeat(MAX_LINE - 5);
         assert!(found_fits(&exact));
-        let wire = encoded(&Reply::Found(exact));
+        let wire = encoded(&Reply::Found(exact.into()));
         assert_eq!(wire.len(), MAX_LINE);
 
         assert!(!found_fits(&"x".repeat(MAX_LINE - 4)));
         // Counted after encoding: one space is three bytes on the wire.
         let spaced = format!("{} ", "x".repeat(MAX_LINE - 8));
         assert!(found_fits(&spaced));
-        assert_eq!(encoded(&Reply::Found(spaced)).len(), MAX_LINE);
+        assert_eq!(encoded(&Reply::Found(spaced.into())).len(), MAX_LINE);
         let spaced_over = format!("{} ", "x".repeat(MAX_LINE - 7));
         assert!(!found_fits(&spaced_over));
         assert_eq!(
-            encoded(&Reply::Found(spaced_over)),
+            encoded(&Reply::Found(spaced_over.into())),
             b"400 reply%20too%20large%20for%20tcp_table\n"
         );
     }
@@ -588,7 +629,7 @@ mod tests {
 
         #[test]
         fn tcp_table_found_round_trips(value in ".+") {
-            let wire = encoded(&Reply::Found(value.clone()));
+            let wire = encoded(&Reply::Found(value.clone().into()));
             prop_assert!(wire.len() <= MAX_LINE);
             prop_assert_eq!(*wire.last().expect("newline"), b'\n');
             if found_fits(&value) {

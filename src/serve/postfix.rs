@@ -18,7 +18,7 @@ use tracing::{debug, error, warn};
 use crate::answer::{self, Rendered};
 use crate::config::{Config, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
-use crate::proto::{Protocol, Reply, Request};
+use crate::proto::{Protocol, Reply, Request, Value};
 use crate::resolve::{Lookup, Resolution, Resolver};
 use crate::serve::listen::{self, Cap, Listener};
 
@@ -295,12 +295,19 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
 /// never the Postfix level `none` (which would switch off opportunistic TLS); Postfix then goes on
 /// to the next table and finally to `smtp_tls_security_level` (postconf(5)). A failed
 /// lookup is TEMP only where the map asks to fail closed.
-pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&str) -> bool) -> Reply {
+pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&Value) -> bool) -> Reply {
     match lookup {
         Lookup::Resolved {
             domain,
             resolution: Resolution::Policy(entry),
-        } => match answer::render_fitting(domain, &entry.policy, &profile.answer, fits) {
+        } => match answer::render_fitting(
+            domain,
+            &entry.policy,
+            &profile.answer,
+            // The cached entry owns the mx list: the reply borrows it, nothing is rendered.
+            || entry.clone(),
+            fits,
+        ) {
             Rendered::Found(v) => Reply::Found(v),
             Rendered::NotFound => Reply::NotFound,
             Rendered::TooLarge => {
