@@ -1,6 +1,6 @@
-//! Startup cost of the policy journal (`src/store.rs`): writes 100,000 realistic policy records
-//! through the store's own API, then times `Store::open` on that journal three times. The budget
-//! is 1 s per open for 100,000 entries.
+//! Startup cost of the policy journal (`src/cache/journal/`): writes 100,000 realistic policy
+//! records through the store's own API, then times `Store::open` on that journal three times. The
+//! budget is 1 s per open for 100,000 entries.
 //!
 //! Run: `cargo bench --bench store_load` (release build). Exits non-zero when over budget.
 

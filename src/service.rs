@@ -2,9 +2,11 @@
 //! (readiness, status, reload, stop, watchdog) and socket activation (`sd_listen_fds`). No domain
 //! logic: nothing here knows about policies, caches or Postfix.
 //!
-//! Both systemd protocols are implemented natively on std and nix, without libsystemd
-//! (spec F1.1 [DECISION]). This file holds the crate's only `unsafe` code: adopting the
-//! descriptors systemd passes and removing the `LISTEN_*` variables afterwards ([`take_activated`]).
+//! Both systemd protocols are implemented natively on std and nix, without libsystemd: their wire
+//! formats are small and documented (`sd_notify(3)`, `sd_listen_fds(3)`), and linking a C library
+//! for them would add a build and runtime dependency for nothing. This file holds the crate's only
+//! `unsafe` code: adopting the descriptors systemd passes and removing the `LISTEN_*` variables
+//! afterwards ([`take_activated`]).
 
 use crate::proto::Protocol;
 use std::env;
@@ -31,7 +33,8 @@ const NOTIFY_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// `SD_LISTEN_FDS_START` (`sd_listen_fds(3)`): the first inherited descriptor.
 const LISTEN_FDS_START: RawFd = 3;
 
-/// The variables of the socket activation protocol, removed once read (spec F2.2).
+/// The variables of the socket activation protocol, removed once read so that children do not
+/// inherit them (`sd_listen_fds(3)`).
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 /// Set when the inherited descriptors have been adopted: a second adoption would give two owners
@@ -39,8 +42,8 @@ const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 static ADOPTED: AtomicBool = AtomicBool::new(false);
 
 /// `sd_notify` over `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace), one datagram
-/// per call, without libsystemd (spec F1.1). A notifier without a target does nothing, so callers
-/// never need to know whether they run under systemd.
+/// per call, without libsystemd (`sd_notify(3)`). A notifier without a target does nothing, so
+/// callers never need to know whether they run under systemd.
 #[derive(Debug)]
 pub struct Notifier {
     target: Option<Target>,
@@ -55,7 +58,8 @@ struct Target {
 impl Notifier {
     /// The notifier systemd asked for in `$NOTIFY_SOCKET`; a no-op one when it is unset. The
     /// variable is left in place: `sd_notify(3)` only removes it when asked to, and children of a
-    /// `Type=notify` service are not allowed to notify anyway (`NotifyAccess=main`, spec F1.7).
+    /// `Type=notify` service are not allowed to notify anyway (`NotifyAccess=main`,
+    /// `systemd.service(5)`).
     pub fn from_env() -> Notifier {
         match env::var_os("NOTIFY_SOCKET") {
             Some(value) => Notifier::from_value(value),
@@ -145,17 +149,18 @@ impl Notifier {
         }
     }
 
-    /// `READY=1` with a status line: start-up or a reload has finished (spec F1.2).
+    /// `READY=1` with a status line: start-up or a reload has finished (`sd_notify(3)`):
+    /// only once the configuration is loaded, the cache read and every listener bound or received.
     pub fn ready(&self, status: &str) {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
-    /// `STATUS=<status>`, shown by `systemctl status` (spec F1.3).
+    /// `STATUS=<status>`, shown by `systemctl status` (`sd_notify(3)`).
     pub fn status(&self, status: &str) {
         self.notify(&format!("STATUS={}", one_line(status)));
     }
 
-    /// `RELOADING=1` and `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs>` in one datagram (spec F1.4):
+    /// `RELOADING=1` and `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs>` in one datagram (`sd_notify(3)`):
     /// `Type=notify-reload` relates the two, so they must not arrive apart. Send `ready` when the
     /// reload is done.
     pub fn reloading(&self) {
@@ -169,19 +174,19 @@ impl Notifier {
         }
     }
 
-    /// `STOPPING=1`: shutdown has begun (spec F1.5).
+    /// `STOPPING=1`: shutdown has begun (`sd_notify(3)`).
     pub fn stopping(&self) {
         self.notify("STOPPING=1");
     }
 
-    /// `WATCHDOG=1`: the event loop is alive (spec F1.6).
+    /// `WATCHDOG=1`: the event loop is alive (`sd_notify(3)`, `sd_watchdog_enabled(3)`).
     pub fn watchdog(&self) {
         self.notify("WATCHDOG=1");
     }
 
     /// How often to send [`Notifier::watchdog`]: `WATCHDOG_USEC / 2` when `$WATCHDOG_USEC` is set
-    /// and `$WATCHDOG_PID` is unset or our pid (spec F1.6, `sd_watchdog_enabled(3)`); `None`
-    /// when the watchdog is off or the variables are malformed.
+    /// and `$WATCHDOG_PID` is unset or our pid (`sd_watchdog_enabled(3)`); `None` when the watchdog
+    /// is off or the variables are malformed.
     pub fn watchdog_interval() -> Option<Duration> {
         let usec = env::var("WATCHDOG_USEC").ok();
         let pid = env::var("WATCHDOG_PID").ok();
@@ -216,8 +221,8 @@ pub fn monotonic_usec() -> Option<u64> {
     sec.checked_mul(1_000_000)?.checked_add(nsec / 1_000)
 }
 
-/// `STATUS=` takes one line (spec F1.3); a newline would also start a new assignment, so control
-/// characters become spaces.
+/// `STATUS=` takes one line (`sd_notify(3)`); a newline would also start a new assignment, so
+/// control characters become spaces.
 fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -227,9 +232,9 @@ fn one_line(text: &str) -> String {
 /// What the main loop is asked to do by a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// SIGHUP: reload (`systemctl reload`, spec F1.4, F3).
+    /// SIGHUP: reload (`systemctl reload`; `Type=notify-reload` sends it, `systemd.service(5)`).
     Reload,
-    /// SIGTERM or SIGINT: shut down (spec F1.5).
+    /// SIGTERM or SIGINT: shut down (`systemctl stop` sends SIGTERM, `systemd.kill(5)`).
     Stop,
 }
 
@@ -276,9 +281,9 @@ pub enum InheritedListener {
 }
 
 /// Sockets handed over by systemd socket activation (`sd_listen_fds(3)`), sorted by their
-/// `FileDescriptorName=` (spec F2.3). Each one is a non-blocking listening stream socket with
-/// `FD_CLOEXEC` set, ready for `tokio::net::{TcpListener, UnixListener}::from_std`. Never
-/// `shutdown(2)` them: systemd holds a copy (spec F2.2).
+/// `FileDescriptorName=` (`systemd.socket(5)`). Each one is a non-blocking listening stream socket
+/// with `FD_CLOEXEC` set, ready for `tokio::net::{TcpListener, UnixListener}::from_std`. Never
+/// `shutdown(2)` them: systemd holds a copy that a later start of the daemon gets again.
 #[derive(Debug, Default)]
 pub struct Activated {
     /// Postfix listeners, by protocol: `FileDescriptorName=` the protocol's name (or the name
@@ -299,7 +304,8 @@ impl Activated {
     }
 }
 
-/// Why the inherited sockets cannot be used; the daemon must not start (spec F2.3 [DECISION]).
+/// Why the inherited sockets cannot be used; the daemon must not start: a socket it cannot place
+/// (unknown name, wrong type) is a unit file mistake, and serving without it would hide that.
 #[derive(Debug)]
 pub struct ActivationError(pub String);
 
@@ -339,12 +345,12 @@ impl Role {
     }
 }
 
-/// Takes the sockets systemd passed: fds `3 … 3+$LISTEN_FDS-1` when `$LISTEN_PID` is our pid,
-/// named by `$LISTEN_FDNAMES` (spec F2.1–F2.3). `Ok(None)` when the process was not
-/// socket-activated; then the daemon binds its configured addresses (spec F2.4).
+/// Takes the sockets systemd passed: fds `3 … 3+$LISTEN_FDS-1` when `$LISTEN_PID` is our pid, named
+/// by `$LISTEN_FDNAMES` (`sd_listen_fds(3)`, `systemd.socket(5)`). `Ok(None)` when the process was
+/// not socket-activated; then the daemon binds its configured addresses.
 ///
 /// Call it first thing in `main`, before the tokio runtime or any other thread starts: removing
-/// the `LISTEN_*` variables (spec F2.2) is only sound while no other thread can read the
+/// the `LISTEN_*` variables (`sd_listen_fds(3)`) is only sound while no other thread can read the
 /// environment. It checks that, and leaves the variables in place (with a warning) otherwise;
 /// children would ignore them anyway, since `$LISTEN_PID` names this process.
 pub fn take_activated() -> Result<Option<Activated>, ActivationError> {
@@ -529,8 +535,8 @@ fn into_activated(
 }
 
 /// Sets `FD_CLOEXEC` (systemd passes the descriptors without it, so that they survive its exec,
-/// spec F2.2), checks that it is a listening stream socket (spec F2.3), and makes it
-/// non-blocking for tokio.
+/// `sd_listen_fds(3)`), checks that it is a listening stream socket (`systemd.socket(5)`), and
+/// makes it non-blocking for tokio.
 fn prepare_listener(fd: OwnedFd) -> Result<InheritedListener, String> {
     fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|e| format!("cannot set FD_CLOEXEC: {e}"))?;
@@ -544,7 +550,7 @@ fn prepare_listener(fd: OwnedFd) -> Result<InheritedListener, String> {
 }
 
 /// Tells a TCP listener from a Unix one and rejects what cannot serve Postfix: anything but a
-/// listening stream socket (spec F2.3: `ListenStream=`, `Accept=no`).
+/// listening stream socket (`systemd.socket(5)`: `ListenStream=`, `Accept=no`).
 fn classify(fd: OwnedFd) -> Result<InheritedListener, String> {
     use nix::sys::socket::{SockType, getsockopt, sockopt};
     let ty = getsockopt(&fd, sockopt::SockType).map_err(|e| format!("not a socket: {e}"))?;
@@ -753,7 +759,8 @@ mod tests {
 
     #[test]
     fn activation_rejects_unknown_names() {
-        // The default name, when FileDescriptorName= is missing, is the unit's (spec F2.3).
+        // The default name, when FileDescriptorName= is missing, is the unit's
+        // (`systemd.socket(5)`).
         let e = plan(Some("socketmap:mta-sts-policyd.socket"), "2").unwrap_err();
         assert!(e.0.contains("\"mta-sts-policyd.socket\" for fd 4"), "{e}");
         let e = plan(Some("socketmap::control"), "3").unwrap_err();

@@ -276,11 +276,11 @@ pub fn assert_policy_domain_shape(d: &str) {
 
 /// Target 3: `key::policy_domain` on arbitrary bytes.
 ///
-/// A returned domain has the shape of [`assert_policy_domain_shape`], is a fixed point
-/// (normalising it again returns it), and the key forms Postfix may send for the same destination
-/// (upper case, trailing dot, `[d]`, `[d]:25`, `d:25`) normalise to it too. It is also accepted
-/// by `MxPattern::parse` as a non-wildcard name, which the TLSRPT answer needs for
-/// `policy_domain=` (spec A9.2).
+/// A returned domain has the shape of [`assert_policy_domain_shape`], is a fixed point (normalising
+/// it again returns it), and the key forms Postfix may send for the same destination (upper case,
+/// trailing dot, `[d]`, `[d]:25`, `d:25`) normalise to it too. It is also accepted by
+/// `MxPattern::parse` as a non-wildcard name, which the TLSRPT answer needs for `policy_domain=`
+/// (Postfix checks it with `valid_hostname()`, and RFC 8460 §4.4 wants A-labels).
 pub fn key_normalise(input: &[u8]) {
     let Ok(d) = key::policy_domain(input) else {
         return;
@@ -307,7 +307,8 @@ pub fn key_normalise(input: &[u8]) {
 
 // ---- 4. txt_parse ---------------------------------------------------------------------------
 
-/// `v=STSv1`, optional SP/HTAB, `;` (spec A2.6 [DECISION]).
+/// `v=STSv1`, optional SP/HTAB, `;`: RFC 8461 §3.1 keeps only records that begin with `v=STSv1;`,
+/// and allowing blanks before the `;` matches the `sts-field-delim` of its ABNF.
 fn is_candidate(r: &[u8]) -> bool {
     r.strip_prefix(b"v=STSv1")
         .and_then(|rest| rest.iter().find(|&&b| b != b' ' && b != b'\t'))
@@ -517,8 +518,8 @@ fn tcp_table_wire_ok(value: &str) {
     );
 }
 
-/// Checks one found answer against Postfix's policy syntax (spec E1-E6) and the policy it came
-/// from.
+/// Checks one found answer against Postfix's policy table syntax (`postconf(5)`
+/// smtp_tls_policy_maps, TLS_README "TLS policy table", TLSRPT_README) and the policy it came from.
 pub fn assert_valid_answer(value: &str, domain: &str, policy: &Policy, profile: &Profile) {
     assert!(!value.is_empty(), "empty answer");
     assert!(
@@ -631,7 +632,8 @@ pub fn assert_valid_answer(value: &str, domain: &str, policy: &Policy, profile: 
         let want: Vec<String> = unique(policy).iter().map(|p| p.policy_form()).collect();
         assert_eq!(patterns, want, "mx_host_pattern list is not the policy's");
     } else {
-        // Spec E6: these attributes without policy_type=sts make Postfix defer.
+        // TLSRPT_README: these attributes without policy_type=sts make Postfix defer ("It is an
+        // error to specify these attributes for a non-STS policy").
         assert_eq!(policy_domain, 0);
         assert!(patterns.is_empty());
         assert_eq!(groups, 0);

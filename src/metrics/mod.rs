@@ -135,7 +135,7 @@ impl Outcome {
     }
 
     /// The outcome whose label is `label`. The fetch failure class names
-    /// (`source::FetchError::class`, `discovery::FetchFailure::class`) are such labels.
+    /// (`discovery::FetchError::label`, `discovery::FetchFailure::label`) are such labels.
     pub fn from_label(label: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.label() == label)
     }
