@@ -15,13 +15,19 @@
 #      the scheduled time);
 #   3. 1,000,000 cached domains (random keys over all of them) vs 10: seeding time, start-up to
 #      ready, RSS, throughput and p99 at 64 connections;
-#   plus start-up to ready and RSS with 100,000 cached policies.
+#   plus start-up to ready and RSS with 100,000 cached policies, and the same again after a
+#   restart: that daemon is stopped with SIGTERM and started again on the same state directory
+#   (the journal it left is reloaded, compacted at load if it holds more than the live
+#   records); RSS at ready and after a few hundred lookups over all keys.
+# Every seeded policy is `mode: enforce`, `max_age: 604800` with MX mx lines, in the shapes
+# real policies have: mx1.<domain>, mx2.<domain>, *.backup.<domain>, then mx3.<domain>, ...
 # With taskset (util-linux) and 2+ CPUs, the load tool runs on CPU 0 and the server on CPU 1.
 # Loopback only. Numbers are noisy when anything else runs on the machine (the load average
 # is printed before and after every measurement).
 #
 # Knobs (environment): DURATION (5s) and WARMUP (1s) per round, ROUNDS (3) per side,
-# BIG (1000000) and MID (100000) seeded policies, KEEP=1 keeps the work directory.
+# BIG (1000000) and MID (100000) seeded policies, MX (3) mx lines per seeded policy,
+# KEEP=1 keeps the work directory.
 set -euo pipefail
 
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
@@ -41,6 +47,9 @@ WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-3}
 BIG=${BIG:-1000000}
 MID=${MID:-100000}
+MX=${MX:-3}
+# Lookups against the restarted daemon: a few hundred, over all MID keys.
+RESTART_LOOKUPS=500
 SCRIPT_START=$(date +%s)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mta-sts-perf.XXXXXX")
@@ -166,16 +175,17 @@ EOF
 }
 
 stop_pid() {
-    kill "$1" 2>/dev/null || true
+    kill -TERM "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
 
-# seed NAME N: a state directory with N cached policies; sets SEED_MS_<NAME> (wall time).
+# seed NAME N: a state directory with N cached policies of MX mx lines each; sets
+# SEED_MS_<NAME> (wall time).
 seed() {
     local name=$1 n=$2 t0 t1
     mkdir -p "$WORK/$name"
     t0=$(now_ms)
-    run "${CLIENT_PIN[@]}" "$LOADGEN" seed --dir "$WORK/$name" --domains "$n"
+    run "${CLIENT_PIN[@]}" "$LOADGEN" seed --dir "$WORK/$name" --domains "$n" --mx "$MX"
     t1=$(now_ms)
     printf -v "SEED_MS_$name" '%s' $((t1 - t0))
 }
@@ -252,7 +262,24 @@ RSS_MID_READY=$(rss_kib "$PID_mid")
 run "${CLIENT_PIN[@]}" "$LOADGEN" run --target "$ADDR_mid" --connections 64 --domains "$MID" \
     --duration 3s --warmup 0s --expect found --server-pid "$PID_mid" | tee "$WORK/mid-run.txt"
 RSS_MID_LOADED=$(rss_kib "$PID_mid")
-stop_pid "$PID_mid"
+JOURNAL_MID_BEFORE=$(stat -c %s "$WORK/mid/policies.journal")
+echo "+ kill -TERM $PID_mid   # then start again on the same state directory"
+echo "kill -TERM $PID_mid   # then start again on the same state directory" >>"$COMMANDS"
+kill -TERM "$PID_mid"
+STOP_RC_MID=0
+wait "$PID_mid" || STOP_RC_MID=$?
+echo "mid: exit status $STOP_RC_MID after SIGTERM"
+
+say "restart with $MID cached policies: RSS at ready and after $RESTART_LOOKUPS lookups"
+start_daemon midr "$WORK/mid"
+RSS_MIDR_READY=$(rss_kib "$PID_midr")
+COMPACTED_MIDR=$(grep -o 'policy journal loaded.*compacted=[a-z]*' "$WORK/midr.log" | grep -o '[a-z]*$' || true)
+run "${CLIENT_PIN[@]}" "$LOADGEN" run --target "$ADDR_midr" --connections 4 --domains "$MID" \
+    --requests "$RESTART_LOOKUPS" --warmup 0s --expect found --server-pid "$PID_midr" |
+    tee "$WORK/midr-run.txt"
+RSS_MIDR_LOADED=$(rss_kib "$PID_midr")
+JOURNAL_MID_AFTER=$(stat -c %s "$WORK/mid/policies.journal")
+stop_pid "$PID_midr"
 
 # ---- 3. 1,000,000 cached domains vs 10 -----------------------------------------------------
 say "3. $BIG cached domains vs 10"
@@ -272,6 +299,7 @@ say "summary"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -sr)"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified tree)'); $(rustc --version)"
 echo "pinning: $PINNING; rounds: $ROUNDS x $DURATION (+$WARMUP warm-up) per side, alternating"
+echo "seeded policies: MX=$MX mx lines each (enforce, max_age 604800); BIG=$BIG, MID=$MID"
 echo "load average (1/5/15 min): before $LOAD_BEFORE, after $LOAD_AFTER (other work on the machine makes the numbers noisy)"
 echo
 echo "Throughput in req/s; latency in microseconds (from the send; in 2 also from the scheduled"
@@ -289,9 +317,13 @@ echo "| cache | seed (journal write) | start-up to ready | journal load | RSS at
 echo "|---|---|---|---|---|---|"
 echo "| 10 policies | ${SEED_MS_small} ms | ${READY_MS_small} ms | ${LOAD_MS_small} ms | $(mib "$RSS_SMALL") MiB | |"
 echo "| $MID policies | ${SEED_MS_mid} ms | ${READY_MS_mid} ms | ${LOAD_MS_mid} ms | $(mib "$RSS_MID_READY") MiB | $(mib "$RSS_MID_LOADED") MiB |"
+echo "| $MID policies, after a restart | | ${READY_MS_midr} ms | ${LOAD_MS_midr} ms | $(mib "$RSS_MIDR_READY") MiB | $(mib "$RSS_MIDR_LOADED") MiB |"
 echo "| $BIG policies | ${SEED_MS_big} ms | ${READY_MS_big} ms | ${LOAD_MS_big} ms | $(mib "$RSS_BIG_READY") MiB | $(mib "$RSS_BIG_LOADED") MiB |"
 echo
 echo "\"start-up to ready\": from spawning serve to its 'ready' log line (polled every 5 ms);"
 echo "\"journal load\": the daemon's own 'policy cache loaded' elapsed_ms. RSS: /proc/PID/status VmRSS."
+echo "\"RSS after load\": after a 3 s run over all keys; after a restart, after $RESTART_LOOKUPS lookups over all keys."
+echo "Restart: the $MID-policy daemon stopped with SIGTERM (exit status $STOP_RC_MID) and started again on its"
+echo "state directory; journal $JOURNAL_MID_BEFORE bytes before, $JOURNAL_MID_AFTER after; compacted at load: ${COMPACTED_MIDR:-?}."
 echo "Whole script: $(($(date +%s) - SCRIPT_START)) s. Commands, in order:"
 sed 's/^/    /' "$COMMANDS"

@@ -22,7 +22,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Null responder: same framing, a fixed answer, no cache (the loopback ceiling).
     Null(NullArgs),
-    /// Write a policy journal with N cached enforce policies d{i}.example.
+    /// Write a policy journal with N cached enforce policies d{i}.example, --mx mx lines each.
     Seed(SeedArgs),
     /// Drive load against one target and report throughput, latency, replies and errors.
     Run(RunArgs),
@@ -53,6 +53,9 @@ pub struct SeedArgs {
     pub dir: PathBuf,
     #[arg(long)]
     pub domains: u64,
+    /// mx lines per policy: mx1.<domain>, mx2.<domain>, *.backup.<domain>, mx3.<domain>, ...
+    #[arg(long, default_value_t = 3)]
+    pub mx: usize,
 }
 
 #[derive(Args, Clone)]

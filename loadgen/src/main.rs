@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cargo run -p loadgen --release -- null --listen 127.0.0.1:0 [--protocol socketmap|tcp_table]
-//! cargo run -p loadgen --release -- seed --dir DIR --domains N
+//! cargo run -p loadgen --release -- seed --dir DIR --domains N [--mx 3]
 //! cargo run -p loadgen --release -- run --target inet:127.0.0.1:PORT --connections 64 \
 //!     [--protocol socketmap|tcp_table] [--pipeline K] [--duration 10s | --requests M] \
 //!     [--keys FILE | --domains N] [--warmup 2s] [--rate R] [--threads T] [--json] \
