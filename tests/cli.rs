@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::World;
@@ -40,18 +41,17 @@ fn check_config_exit_codes_and_messages() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 
-    let missing = dir.path().join("missing.toml");
-    let out = Command::new(BIN)
-        .args(["check-config", "-c"])
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("defaults") && text.contains("inet:127.0.0.1:8461"),
-        "{text}"
-    );
+    // Without --config, an absent default file means the defaults (only checkable where the
+    // machine has no such file).
+    if !Path::new("/etc/mta-sts-policyd/config.toml").exists() {
+        let out = Command::new(BIN).arg("check-config").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("defaults") && text.contains("inet:127.0.0.1:8461"),
+            "{text}"
+        );
+    }
 
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let out = Command::new(BIN)
@@ -69,6 +69,69 @@ fn check_config_exit_codes_and_messages() {
     assert_eq!(out.status.code(), Some(64), "EX_USAGE for bad arguments");
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// A file named with `--config` must exist: a typo never starts the daemon on the defaults.
+#[test]
+fn a_named_missing_config_file_is_an_error_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.toml");
+    for args in [
+        &["serve"][..],
+        &["check-config"],
+        &["query", "example.com"],
+        &["ctl", "status"],
+        &["ctl", "reload"],
+    ] {
+        let out = bounded(
+            Command::new(BIN)
+                .arg("-c")
+                .arg(&missing)
+                .args(args)
+                .env("RUST_LOG", "info"),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: EX_CONFIG: {err}");
+        assert!(
+            err.contains(&missing.display().to_string()) && err.contains("configuration error"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A directory where the file should be: unreadable, the same error.
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(dir.path())
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&dir.path().display().to_string()));
+}
+
+/// Runs `cmd` to its end; one still running after 15 s (a `serve` that started after all) is
+/// killed and fails the test.
+fn bounded(cmd: &mut Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 15 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 #[tokio::test]

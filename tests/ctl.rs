@@ -205,6 +205,76 @@ async fn ctl_client_prints_tables_and_json() {
     assert_eq!(v["mode"], "enforce");
 }
 
+/// An imported fetch time more than a minute ahead of the daemon's clock is refused, line by
+/// line: it would win every freshest-fetch merge against real fetches (RFC 8461 §3.2 counts
+/// max_age from the fetch).
+#[tokio::test]
+async fn import_refuses_a_fetch_time_in_the_future() {
+    let w = World::start().await;
+    let d = TestDaemon::start(&w).await;
+    let sock = w.dir().join("control.sock");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let line = |domain: &str, fetched: u64| {
+        json!({"domain": domain, "id": "i1", "fetched": fetched,
+               "policy": enforce_body(&[&format!("mx.{domain}")])})
+        .to_string()
+    };
+    let lines = [
+        line("past.test", now - 600),
+        line("future.test", now + 3600),
+        line("skewed.test", now + 30),
+        line("far.test", u64::from(u32::MAX) * 1000),
+    ];
+    let file = w.dir().join("import.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, out) = tokio::task::spawn_blocking({
+        let sock = sock.clone();
+        move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+                .args(["ctl", "import"])
+                .arg(&file)
+                .arg("--socket")
+                .arg(&sock)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("imported: 2"), "{out}");
+    assert!(
+        out.contains("future.test: \"fetched\" is 3") && out.contains("far.test: "),
+        "{out}"
+    );
+    let r = control::request(&sock, &json!({"verb": "import"}), Some(lines.to_vec()))
+        .await
+        .unwrap();
+    let r = r.last().unwrap();
+    assert_eq!(r["invalid"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["kept"], 2, "{r}");
+    for (domain, cached) in [
+        ("past.test", true),
+        ("skewed.test", true),
+        ("future.test", false),
+        ("far.test", false),
+    ] {
+        let s = ask(&sock, json!({"verb": "show", "domain": domain})).await;
+        assert_eq!(s["cached"], cached, "{domain}: {s}");
+    }
+    assert_eq!(
+        d.ask("past.test").await,
+        "OK secure match=mx.past.test servername=hostname"
+    );
+}
+
 #[tokio::test]
 async fn a_peer_that_is_not_allowed_is_refused() {
     if !nix::unistd::geteuid().is_root() {

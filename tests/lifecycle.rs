@@ -220,3 +220,120 @@ async fn socket_activation_uses_the_inherited_listener() {
         .collect();
     assert!(own.iter().all(|l| l.contains("tcp_table")), "{own:?}");
 }
+
+/// A reload that finds the file missing, unreadable or invalid changes nothing: no fall-back to
+/// the defaults (which would drop the configured listener, bind 127.0.0.1:8461 and turn a
+/// fail-closed map back into NOTFOUND), an error in the log, in STATUS= after RELOADING=1 and
+/// READY=1 (systemd.service(5) Type=notify-reload), and from `ctl reload` with exit status 1.
+#[tokio::test]
+async fn a_reload_without_a_usable_file_keeps_the_running_configuration() {
+    let w = good_world().await;
+    w.set_sts("broken.test", "1").await;
+    w.set_http("broken.test", common::Http::status(500, None))
+        .await;
+    let notify_path = w.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let cfg = w.dir().join("serve.toml");
+    let text = ConfigText::of(&w).append("[maps.default]\non_lookup_error = \"temp\"\n");
+    std::fs::write(&cfg, text.as_str()).unwrap();
+    let (mut child, addr, logs) = serve_child_env(
+        BIN,
+        &cfg,
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    let pid = child.id();
+    until(&notify, "READY=1");
+    let sock = w.dir().join("control.sock");
+    let ctl = |verb: &str| {
+        Command::new(BIN)
+            .args(["ctl", verb, "--json", "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap()
+    };
+    let temp = "TEMP MTA-STS lookup failed: ";
+    let unchanged = |why: &str| {
+        let st = ctl("status");
+        assert!(st.status.success(), "{why}");
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(st["config"], cfg.display().to_string(), "{why}");
+        let listeners = st["listeners"].to_string();
+        assert!(listeners.contains(&addr.to_string()), "{why}: {listeners}");
+        assert!(!listeners.contains(":8461"), "{why}: {listeners}");
+    };
+    let mut c = SocketmapClient::connect(addr).await;
+    assert!(c.query("postfix", b"broken.test").await.starts_with(temp));
+
+    let moved = w.dir().join("moved.toml");
+    let mut errors = 0;
+    for why in ["missing", "unreadable", "invalid"] {
+        // Each time the file is gone or broken in a new way, SIGHUP and then `ctl reload`.
+        match why {
+            "missing" => std::fs::rename(&cfg, &moved).unwrap(),
+            // A directory where the file was: read_to_string fails (EISDIR), even for root.
+            "unreadable" => std::fs::create_dir(&cfg).unwrap(),
+            _ => {
+                std::fs::remove_dir(&cfg).unwrap();
+                std::fs::write(&cfg, "[dns]\ntimeout = \"never\"\n").unwrap();
+            }
+        }
+        signal(pid, "-HUP");
+        let msgs = until(&notify, "READY=1");
+        assert!(
+            msgs.iter().any(|m| m.starts_with("RELOADING=1")),
+            "{why}: {msgs:?}"
+        );
+        let ready = msgs.last().unwrap();
+        assert!(
+            ready.starts_with("READY=1\nSTATUS=serving")
+                && ready.contains("reload failed")
+                && ready.contains(&cfg.display().to_string()),
+            "{why}: {ready:?}"
+        );
+        let out = ctl("reload");
+        assert_eq!(out.status.code(), Some(1), "{why}");
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(&cfg.display().to_string()), "{why}: {error}");
+        until(&notify, "READY=1");
+        errors += 2;
+        // The connection opened before, a new one, and the profile: as they were.
+        assert!(
+            c.query("postfix", b"broken.test").await.starts_with(temp),
+            "{why}"
+        );
+        let mut fresh = SocketmapClient::connect(addr).await;
+        assert!(
+            fresh
+                .query("postfix", b"broken.test")
+                .await
+                .starts_with(temp),
+            "{why}"
+        );
+        unchanged(why);
+    }
+    let logged = std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(2)).ok())
+        .filter(|l| l.contains("reload failed") && l.contains("the running configuration stays"))
+        .count();
+    assert_eq!(logged, errors);
+
+    // The file back: the reload succeeds and STATUS= no longer reports a failure.
+    std::fs::write(&cfg, text.as_str()).unwrap();
+    let out = ctl("reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let ready = until(&notify, "READY=1").pop().unwrap();
+    assert!(!ready.contains("reload failed"), "{ready:?}");
+
+    signal(pid, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -37,11 +37,12 @@ impl PolicyEntry {
 
     /// `fetched + max_age` (RFC 8461 §3.2: "from last policy fetch time"). Computed, not
     /// stored: one entry is kept per cached domain. A sum past the end of time (only a corrupt
-    /// clock could make one) reads as expired at once, the safe side.
+    /// clock could make one) reads as expired at once, the safe side: the epoch, which every
+    /// `now` is past (the fetch time itself would lie in the far future, valid forever).
     pub fn expires(&self) -> SystemTime {
         self.fetched
             .checked_add(Duration::from_secs(u64::from(self.policy.max_age)))
-            .unwrap_or(self.fetched)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     /// RFC 8461 §3.2: valid while `now < fetched + max_age`.
@@ -760,5 +761,24 @@ mod tests {
             c.policy_state("d.test").unwrap().next_check,
             t0 + Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn rfc8461_3_2_an_expiry_past_the_end_of_time_reads_as_expired() {
+        // The latest fetch time SystemTime can hold, found by halving: any max_age overflows it.
+        let mut far = SystemTime::UNIX_EPOCH;
+        let mut step = Duration::from_secs(u64::MAX / 2);
+        while step >= Duration::from_secs(1) {
+            if let Some(t) = far.checked_add(step) {
+                far = t;
+            } else {
+                step /= 2;
+            }
+        }
+        let e = entry("a", 86_400, far);
+        assert!(e.fetched.checked_add(Duration::from_secs(86_400)).is_none());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(e.expires() <= now);
+        assert!(!e.is_valid(now));
     }
 }

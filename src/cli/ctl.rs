@@ -51,19 +51,18 @@ pub enum CtlVerb {
     Reload,
 }
 
-/// `ctl VERB`: one request to the running daemon's control socket.
-pub(super) async fn ctl(
-    config: &Config,
-    verb: CtlVerb,
-    json: bool,
-    socket: Option<PathBuf>,
-) -> ExitCode {
-    let Some(socket) = socket.or_else(|| config.control.socket.clone()) else {
-        return fail(
+/// The control socket `[control] socket` names, when `--socket` is not given.
+pub(super) fn socket_of(config: &Config) -> Result<PathBuf, ExitCode> {
+    config.control.socket.clone().ok_or_else(|| {
+        fail(
             EX_CONFIG,
             "the control socket is disabled ([control] socket = \"\")",
-        );
-    };
+        )
+    })
+}
+
+/// `ctl VERB`: one request to the running daemon's control socket.
+pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode {
     let mut input = None;
     let (name, req) = match verb {
         CtlVerb::Status => ("status", json!({"verb": "status"})),

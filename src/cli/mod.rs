@@ -36,9 +36,10 @@ use serve::Logging;
     about = "MTA-STS (RFC 8461) policy daemon for Postfix smtp_tls_policy_maps"
 )]
 struct Cli {
-    /// Configuration file (a missing file means all defaults).
-    #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Configuration file [default: /etc/mta-sts-policyd/config.toml, and only when that
+    /// default is absent do the built-in defaults apply; a named file must exist].
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,11 +90,33 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let config = match Config::load(&cli.config) {
-        Ok(c) => Arc::new(c),
-        Err(e) => return fail(EX_CONFIG, format!("configuration error: {e}")),
+    let named = cli.config.is_some();
+    let path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let load = || {
+        let loaded = if named {
+            Config::load(&path)
+        } else {
+            Config::load_or_defaults(&path)
+        };
+        loaded.map_err(|e| fail(EX_CONFIG, format!("configuration error: {e}")))
     };
-    match cli.command {
+    let command = match cli.command {
+        // `ctl --socket` reads no configuration: it only needs the socket, and may run as a user
+        // who cannot read the file.
+        Command::Ctl {
+            verb,
+            json,
+            socket: Some(socket),
+        } => return run(ctl::ctl(socket, verb, json)),
+        other => other,
+    };
+    let config = match load() {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    match command {
         Command::Serve => {
             // Before the runtime starts threads: adopting inherited sockets may unset LISTEN_*.
             let activated = match service::take_activated() {
@@ -101,7 +124,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail_start(&StartError::Activation(e.to_string())),
             };
             let logging = Logging::init(&config.log);
-            run(serve::serve(config, cli.config, activated, logging))
+            run(serve::serve(config, path, activated, logging))
         }
         Command::CheckConfig => check_config::check_config(&config),
         Command::Query { domain, json } => {
@@ -112,7 +135,10 @@ pub fn main() -> ExitCode {
             postconf,
             postfix_config,
         } => check_config::check_postfix(&config, &postconf, postfix_config.as_deref()),
-        Command::Ctl { verb, json, socket } => run(ctl::ctl(&config, verb, json, socket)),
+        Command::Ctl { verb, json, .. } => match ctl::socket_of(&config) {
+            Ok(socket) => run(ctl::ctl(socket, verb, json)),
+            Err(code) => code,
+        },
     }
 }
 

@@ -133,6 +133,12 @@ pub(super) async fn serve(
     activated: Option<Activated>,
     logging: Logging,
 ) -> ExitCode {
+    if config.path.is_none() {
+        info!(
+            config = %path.display(),
+            "no configuration file; running on the defaults (a reload reads the file once it exists)"
+        );
+    }
     let notifier = Notifier::from_env();
     let mut signals = match Signals::new() {
         Ok(s) => s,
@@ -174,17 +180,22 @@ pub(super) async fn serve(
     // (sd_watchdog_enabled(3)).
     let mut watchdog = Notifier::watchdog_interval().map(tokio::time::interval);
     let mut status = tokio::time::interval(STATUS_EVERY);
+    // The last reload's error, kept in STATUS= until a reload succeeds: the daemon still runs
+    // on the older configuration, and `systemctl status` should say so.
+    let mut failed: Option<String> = None;
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
-                Signal::Reload => reload(&mut daemon, &notifier, &logging, &path, None).await,
+                Signal::Reload => {
+                    reload(&mut daemon, &notifier, &logging, &path, &mut failed, None).await;
+                }
                 Signal::Stop => break,
             },
             Some(reply) = reload_rx.recv() => {
-                reload(&mut daemon, &notifier, &logging, &path, Some(reply)).await;
+                reload(&mut daemon, &notifier, &logging, &path, &mut failed, Some(reply)).await;
             }
             _ = tick(&mut watchdog) => notifier.watchdog(),
-            _ = status.tick() => notifier.status(&daemon.status_line()),
+            _ = status.tick() => notifier.status(&status_line(&daemon, failed.as_deref())),
         }
     }
     notifier.stopping();
@@ -209,19 +220,46 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// `STATUS=`: the daemon's own line, and the last reload's error while it stands.
+fn status_line(daemon: &Daemon, failed: Option<&str>) -> String {
+    match failed {
+        None => daemon.status_line(),
+        Some(e) => format!(
+            "{}; reload failed, the previous configuration stays: {e}",
+            daemon.status_line()
+        ),
+    }
+}
+
 /// SIGHUP or `ctl reload`: RELOADING=1, re-read the file, apply it, READY=1 (systemd.service(5)
-/// Type=notify-reload). An
-/// invalid configuration is logged and the running one stays.
+/// Type=notify-reload). A missing, unreadable or invalid file is logged, named in STATUS= and
+/// answered to `ctl reload`, and the running configuration stays: a reload never falls back to
+/// the defaults. The one exception is a daemon that runs on the defaults because the default
+/// file was absent at start: while it is still absent, the defaults stay, and that is no error.
 async fn reload(
     daemon: &mut Daemon,
     notifier: &Notifier,
     logging: &Logging,
     path: &Path,
+    failed: &mut Option<String>,
     reply: Option<ReloadRequest>,
 ) {
     notifier.reloading();
     info!(config = %path.display(), "reloading");
-    let result = match Config::load(path) {
+    let loaded = if daemon.config().path.is_none() {
+        Config::load_or_defaults(path)
+    } else {
+        Config::load(path)
+    };
+    let result = match loaded {
+        Ok(new) if new.path.is_none() => {
+            let note = format!(
+                "no configuration file at {}; the defaults stay",
+                path.display()
+            );
+            info!("{note}");
+            Ok(note)
+        }
         Err(e) => Err(format!("configuration error: {e}")),
         Ok(new) => match net_source(&new) {
             Err(e) => Err(e),
@@ -235,10 +273,14 @@ async fn reload(
             }
         },
     };
-    if let Err(e) = &result {
-        error!("reload failed; the running configuration stays: {e}");
+    match &result {
+        Ok(_) => *failed = None,
+        Err(e) => {
+            error!("reload failed; the running configuration stays: {e}");
+            *failed = Some(e.clone());
+        }
     }
-    notifier.ready(&daemon.status_line());
+    notifier.ready(&status_line(daemon, failed.as_deref()));
     if let Some(reply) = reply {
         let _ = reply.send(result);
     }

@@ -105,21 +105,28 @@ impl Config {
         self.dns.timeout + self.https.timeout
     }
 
-    /// Reads `path`. A file that does not exist gives the defaults (so `serve` works with no setup);
-    /// any other read error, a syntax error or an invalid value is a [`ConfigError`].
+    /// Reads `path`, a file the operator named (or the one a running daemon was started from):
+    /// a file that does not exist is an error like any other read error, never the defaults, so
+    /// that a typo in `--config` or a file moved away cannot silently change how mail is sent.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, Some(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut c = Config::parse("", None)?;
-                c.path = None;
-                Ok(c)
-            }
             Err(e) => Err(ConfigError {
                 file: path.display().to_string(),
                 key: None,
                 message: format!("cannot read: {e}"),
             }),
+        }
+    }
+
+    /// Reads `path` when `--config` was not given (it is [`DEFAULT_PATH`]): only there does a
+    /// missing file mean the defaults (with `path` None), so that `serve` works with no setup.
+    pub fn load_or_defaults(path: &Path) -> Result<Config, ConfigError> {
+        // A dangling symlink there is a file the operator meant to have: an error, not absence.
+        let absent = |p: &Path| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        match Config::load(path) {
+            Err(_) if absent(path) => Config::parse("", None),
+            other => other,
         }
     }
 
@@ -385,10 +392,23 @@ servername = false
     }
 
     #[test]
-    fn missing_file_means_defaults() {
-        let c = Config::load(Path::new("/nonexistent/mta-sts-policyd.toml")).unwrap();
+    fn a_named_missing_file_is_an_error_naming_it() {
+        let path = Path::new("/nonexistent/mta-sts-policyd.toml");
+        let e = Config::load(path).unwrap_err();
+        assert_eq!(e.file, "/nonexistent/mta-sts-policyd.toml");
+        assert_eq!(e.key, None);
+        assert!(e.message.starts_with("cannot read: "), "{e}");
+    }
+
+    #[test]
+    fn only_an_absent_default_file_means_defaults() {
+        let c = Config::load_or_defaults(Path::new("/nonexistent/mta-sts-policyd.toml")).unwrap();
         assert_eq!(c.path, None);
         assert_eq!(c.https.port, 443);
+        // Present but unreadable (a directory here) is an error, not the defaults.
+        let dir = std::env::temp_dir();
+        let e = Config::load_or_defaults(&dir).unwrap_err();
+        assert_eq!(e.file, dir.display().to_string());
     }
 
     #[test]

@@ -30,6 +30,11 @@ const MAX_LINE: usize = 256 * 1024;
 /// `import`, which take as long as their work (each discovery is bounded by its own timeouts).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How far ahead of the daemon's clock an imported fetch time may lie (clocks of two hosts
+/// differ a little). Beyond it the line is refused: a policy "fetched" in the future would win
+/// every freshest-fetch merge against real fetches, and stay valid past its max_age.
+const IMPORT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// A reload request from the control socket; the main loop answers it.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
@@ -487,7 +492,7 @@ where
             // The summary line of an export piped straight into import.
             continue;
         }
-        match parse_entry(&v) {
+        match parse_entry(&v, ctl.shared.resolver.clock().now()) {
             Ok((domain, entry)) => {
                 if ctl.shared.resolver.import(&domain, entry).await {
                     imported += 1;
@@ -510,7 +515,7 @@ where
     json!({"ok": true, "imported": imported, "kept": kept, "invalid": invalid})
 }
 
-fn parse_entry(v: &Value) -> Result<(String, Arc<PolicyEntry>), String> {
+fn parse_entry(v: &Value, now: SystemTime) -> Result<(String, Arc<PolicyEntry>), String> {
     let raw = v["domain"].as_str().ok_or("missing \"domain\"")?;
     let domain = key::policy_domain(raw.as_bytes()).map_err(|e| format!("{raw:?}: {e}"))?;
     let id = v["id"]
@@ -528,6 +533,16 @@ fn parse_entry(v: &Value) -> Result<(String, Arc<PolicyEntry>), String> {
     let fetched = SystemTime::UNIX_EPOCH
         .checked_add(Duration::from_secs(fetched))
         .ok_or_else(|| format!("{domain}: bad \"fetched\""))?;
+    // Seconds, not a date: a far-future time has no RFC 3339 form to print.
+    if let Ok(ahead) = fetched.duration_since(now)
+        && ahead > IMPORT_CLOCK_SKEW
+    {
+        return Err(format!(
+            "{domain}: \"fetched\" is {}s ahead of this host's clock (more than {}s): refused",
+            ahead.as_secs(),
+            IMPORT_CLOCK_SKEW.as_secs()
+        ));
+    }
     Ok((
         domain,
         Arc::new(PolicyEntry::new(id.to_string(), policy, fetched)),
