@@ -6,10 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::harness::{ConfigText, TestDaemon, enforce_body, fetcher};
+use common::harness::{ConfigText, TestDaemon, enforce_body, fetcher, serve_child_env};
 use common::{CertKind, World};
 use mta_sts_policyd::config::Config;
 use mta_sts_policyd::discovery::FetchError;
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 const NOTFOUND: &str = "NOTFOUND ";
+const BIN: &str = env!("CARGO_BIN_EXE_mta-sts-policyd");
 
 fn secure(matches: &str) -> String {
     format!("OK secure match={matches} servername=hostname")
@@ -277,4 +279,88 @@ async fn no_proxy_entries_match_like_curl() {
     assert!(body.is_ok(), "{body:?}");
     assert_eq!(proxy.connects(), vec![target]);
     assert_eq!(w.fetches("direct.test"), 4);
+}
+
+/// `HTTPS_PROXY` with a password, as a shell profile or a unit's `Environment=` might set it.
+const PROXY_WITH_PASSWORD: &str = "http://user:secret@127.0.0.1:3128";
+
+/// Runs the binary with `args` and `HTTPS_PROXY` set; yields its exit status and everything it
+/// printed (logs go to stderr).
+fn run_with_proxy_env(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    run(Command::new(BIN)
+        .env("HTTPS_PROXY", PROXY_WITH_PASSWORD)
+        .arg("-c")
+        .arg(config)
+        .args(args))
+}
+
+fn run(command: &mut Command) -> (Option<i32>, String) {
+    let out = command
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("run the binary");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+#[tokio::test]
+async fn proxy_password_from_the_environment_is_never_printed_or_logged() {
+    let w = World::start().await;
+    let path = w.dir().join("env-proxy.toml");
+    let from_env = ConfigText::of(&w).replace("[https]\n", "[https]\nproxy = \"env\"\n");
+
+    // Start-up, check-config and query refuse the credentials (EX_CONFIG) and say where, but
+    // never what the password is.
+    std::fs::write(&path, from_env.as_str()).unwrap();
+    for args in [&["serve"][..], &["check-config"], &["query", "good.test"]] {
+        let (code, printed) = run_with_proxy_env(&path, args);
+        assert_eq!(code, Some(78), "{args:?}: {printed}");
+        assert!(printed.contains("https.proxy"), "{args:?}: {printed}");
+        assert!(
+            printed.contains("http://***@127.0.0.1:3128"),
+            "{args:?}: {printed}"
+        );
+        assert!(!printed.contains("secret"), "{args:?}: {printed}");
+    }
+
+    // A running daemon reloading into `proxy = "env"`: the failed reload is logged and
+    // answered to `ctl reload`, without the password in either. (The ctl client reads the same
+    // file, so it runs without the variable: only the daemon sees the password.)
+    std::fs::write(&path, ConfigText::of(&w).as_str()).unwrap();
+    let (mut child, _addr, logs) = serve_child_env(
+        BIN,
+        &path,
+        &[("HTTPS_PROXY", PROXY_WITH_PASSWORD), ("RUST_LOG", "debug")],
+    );
+    std::fs::write(&path, from_env.as_str()).unwrap();
+    let (code, printed) = run(Command::new(BIN)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .arg("-c")
+        .arg(&path)
+        .args(["ctl", "reload"]));
+    assert_ne!(code, Some(0), "{printed}");
+    assert!(printed.contains("https.proxy"), "{printed}");
+    assert!(!printed.contains("secret"), "{printed}");
+    let mut logged = Vec::new();
+    while let Ok(line) = logs.recv_timeout(Duration::from_secs(5)) {
+        let done = line.contains("reload failed");
+        logged.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = logged.join("\n");
+    assert!(
+        logged.contains("reload failed") && logged.contains("https.proxy"),
+        "{logged}"
+    );
+    assert!(logged.contains("http://***@127.0.0.1:3128"), "{logged}");
+    assert!(!logged.contains("secret"), "{logged}");
 }

@@ -6,7 +6,8 @@
 //!
 //! One file per concern: `raw` (the file as written, with defaults), `listen` (one listener
 //! section per registered protocol), `net` (`[dns]`, `[https]`), `maps` (`[maps.NAME]`),
-//! `runtime` (the daemon's own sections) and `error`; each section has its own validation.
+//! `runtime` (the daemon's own sections), `error`, and `redact` (URL credentials kept out of
+//! every message); each section has its own validation.
 //! This file assembles them. `config/` may import `answer` (rendering profiles) and `proto` (the
 //! protocol registry) and nothing higher.
 
@@ -21,12 +22,14 @@ mod listen;
 mod maps;
 mod net;
 mod raw;
+mod redact;
 mod runtime;
 
 pub use error::ConfigError;
 pub use listen::{ListenAddr, Listeners, ProtocolSection};
 pub use maps::{DEFAULT_MAP, MapProfile, OnLookupError};
 pub use net::{DnsConfig, HttpsConfig, Proxy};
+pub use redact::redact_userinfo;
 pub use runtime::{CacheConfig, ControlConfig, DaemonConfig, Limits, LogConfig, RefreshConfig};
 
 use error::Ctx;
@@ -131,20 +134,32 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `env` for the environment (`proxy = "env"`), so that tests need not
+    /// change the process environment.
+    fn parse_with_env(
+        text: &str,
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let file = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<defaults>".to_string());
+        // A syntax or type error quotes the offending line or value, which may be a proxy URL
+        // with a password.
         let doc = raw::read(text).map_err(|e| ConfigError {
             file: file.clone(),
             key: None,
-            message: e.to_string().trim_end().to_string(),
+            message: redact_userinfo(e.to_string().trim_end()),
         })?;
         let ctx = Ctx { file: &file };
         // Section by section, in the order the first problem is reported in.
         let protocols = listen::validate(&ctx, doc.protocols)?;
         let r = doc.rest;
         let dns = net::validate_dns(&ctx, r.dns)?;
-        let https = net::validate_https(&ctx, r.https, path)?;
+        let https = net::validate_https(&ctx, r.https, path, env)?;
         let maps = maps::validate(&ctx, r.maps)?;
         listen::check_maps(&ctx, &protocols, &maps)?;
         Ok(Config {
@@ -436,5 +451,69 @@ servername = false
         .unwrap();
         assert_eq!(c.https.proxy.unwrap().port, 3128);
         assert_eq!(c.https.no_proxy, vec!["internal.example".to_string()]);
+    }
+
+    /// Parses `text` with `HTTPS_PROXY` set to `proxy` in a private environment.
+    fn parse_with_https_proxy(text: &str, proxy: &str) -> Result<Config, ConfigError> {
+        let env = |name: &str| (name == "HTTPS_PROXY").then(|| proxy.to_string());
+        Config::parse_with_env(text, Some(Path::new("/etc/x.toml")), &env)
+    }
+
+    #[test]
+    fn proxy_errors_never_show_the_password() {
+        // Credentials in the URL are refused, and the error says so without repeating them.
+        for text in [
+            "[https]\nproxy = \"http://user:secret@proxy.example:3128\"\n",
+            "[https]\nproxy = \"http://user:secret@proxy.example:notaport\"\n",
+            "[https]\nproxy = \"socks5://user:secret@proxy.example:1080\"\n",
+            "[https]\nproxy = \"user:secret@proxy.example:3128\"\n",
+            "[https]\nproxy = \"http://user:p@secret@proxy.example:3128\"\n",
+        ] {
+            let e = Config::parse(text, Some(Path::new("/etc/x.toml"))).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("https.proxy"), "{e}");
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("***@proxy.example"), "{shown}");
+        }
+        let e = Proxy::parse("http://user:secret@proxy.example:3128").unwrap_err();
+        assert!(!e.contains("secret") && e.contains("credentials"), "{e}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_quoting_a_proxy_url_hide_the_password() {
+        for text in [
+            // Unterminated string: the error quotes the line.
+            "[https]\nproxy = \"http://user:secret@proxy.example:3128\n",
+            // Unquoted value.
+            "[https]\nproxy = http://user:secret@proxy.example:3128\n",
+            // Wrong type: serde quotes the value.
+            "[https]\nno_proxy = \"http://user:secret@proxy.example:3128\"\n",
+        ] {
+            let e = Config::parse(text, Some(Path::new("/etc/x.toml"))).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn proxy_from_the_environment_never_shows_the_password() {
+        let text = "[https]\nproxy = \"env\"\n";
+        let e = parse_with_https_proxy(text, "http://user:secret@proxy.example:3128").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("https.proxy"));
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("http://***@proxy.example:3128"), "{shown}");
+        // Without credentials the environment's proxy is used as it is.
+        let c = parse_with_https_proxy(text, "http://proxy.example:3128").unwrap();
+        assert_eq!(
+            c.https.proxy,
+            Some(Proxy {
+                host: "proxy.example".into(),
+                port: 3128
+            })
+        );
+        // And only with `proxy = "env"`.
+        let c = parse_with_https_proxy("", "http://proxy.example:3128").unwrap();
+        assert_eq!(c.https.proxy, None);
     }
 }

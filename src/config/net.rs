@@ -1,7 +1,7 @@
 //! The network sections: `[dns]` (TXT lookups, RFC 8461 §3.1) and `[https]` (policy fetches,
 //! RFC 8461 §3.3), with the optional HTTP proxy.
 //!
-//! Imports `raw` and `error` from `config/`.
+//! Imports `raw`, `error` and `redact` from `config/`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Ctx, MIN_TIMEOUT};
 use super::raw::{RawDns, RawHttps};
+use super::redact::redact_userinfo;
 
 /// RFC 8461 §3.3 suggests one minute for the policy fetch; more would keep a Postfix lookup waiting
 /// past any sensible deadline (Postfix gives up on a table lookup after 100 s).
@@ -47,7 +48,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Err quotes `s` with any `user:password@` redacted: the message reaches logs and
+    /// `check-config` output.
     pub fn parse(s: &str) -> Result<Proxy, String> {
+        Proxy::parse_unredacted(s).map_err(|m| redact_userinfo(&m))
+    }
+
+    fn parse_unredacted(s: &str) -> Result<Proxy, String> {
         let rest = s
             .strip_prefix("http://")
             .ok_or_else(|| format!("{s:?}: expected http://HOST:PORT"))?;
@@ -88,11 +95,13 @@ pub(super) fn validate_dns(ctx: &Ctx<'_>, raw: RawDns) -> Result<DnsConfig, Conf
     })
 }
 
-/// `path` is the config file: relative `ca_files` are relative to its directory.
+/// `path` is the config file: relative `ca_files` are relative to its directory. `env` reads the
+/// environment, for `proxy = "env"`.
 pub(super) fn validate_https(
     ctx: &Ctx<'_>,
     raw: RawHttps,
     path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<HttpsConfig, ConfigError> {
     let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
     let mut ca_files = Vec::new();
@@ -113,11 +122,7 @@ pub(super) fn validate_https(
     }
     // The environment's proxy variables apply only when the operator asks for them
     // (`proxy = "env"`): a daemon must not change where it fetches from with its environment.
-    let env = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-    };
+    let env = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
     let (proxy_text, mut no_proxy) = match raw.proxy.as_str() {
         "" => (None, raw.no_proxy.clone()),
         "env" => {

@@ -42,7 +42,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::config::{HttpsConfig, Proxy};
+use crate::config::{HttpsConfig, Proxy, redact_userinfo};
+pub use crate::discovery::address::is_internal;
 use crate::discovery::dns::Dns;
 use crate::discovery::{DnsError, FetchError};
 use crate::policy::MAX_POLICY_BYTES;
@@ -88,7 +89,7 @@ impl Fetcher {
             Some(proxy) => {
                 let url = format!("http://{}", proxy_authority(proxy));
                 tracing::info!(
-                    proxy = %url,
+                    proxy = %redact_userinfo(&url),
                     no_proxy = ?cfg.no_proxy,
                     "policy fetches go through an HTTP proxy (CONNECT tunnel, TLS end to end)"
                 );
@@ -331,35 +332,6 @@ struct HickoryResolve {
     allow_private: bool,
 }
 
-/// Addresses a policy host on the public internet never has: loopback, private (RFC 1918, ULA),
-/// link-local, unspecified, shared (RFC 6598), multicast and broadcast, also as IPv4-mapped IPv6.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 impl Service<Name> for HickoryResolve {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = BoxError;
@@ -479,9 +451,10 @@ impl ProxyConnector {
             .https(url)
             .build()
             .intercept(&Uri::from_static("https://mta-sts.invalid/"))
-            .ok_or_else(|| format!("unusable proxy URL {url:?}"))?;
+            .ok_or_else(|| redact_userinfo(&format!("unusable proxy URL {url:?}")))?;
         let uri = intercept.uri().clone();
-        let name = uri.authority().map(|a| a.as_str()).unwrap_or(url).into();
+        // Every tunnel error names the proxy: never with the credentials of `url`.
+        let name = redact_userinfo(uri.authority().map_or(url, |a| a.as_str())).into();
         Ok(ProxyConnector {
             auth: intercept.basic_auth().cloned(),
             uri,
@@ -700,6 +673,7 @@ mod tests {
 
     #[test]
     fn internal_addresses_are_recognised() {
+        // The whole table is in `address`; this keeps the addresses this module always refused.
         for ip in [
             "127.0.0.1",
             "10.1.2.3",
@@ -718,17 +692,13 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // Documentation ranges (RFC 5737, RFC 3849): no policy host lives there.
+            "192.0.2.1",
+            "2001:db8::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in [
-            "192.0.2.1",
-            "8.8.8.8",
-            "100.128.0.1",
-            "172.32.0.1",
-            "2001:db8::1",
-            "2a00::1",
-        ] {
+        for ip in ["8.8.8.8", "100.128.0.1", "172.32.0.1", "2a00::1"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -4,13 +4,15 @@
 //! messages, labels and metrics outcomes), the [`PolicySource`] seam (`source.rs`: the trait and
 //! the outcome types that answers, logs and counters share), the real DNS edge (`dns.rs`, the
 //! only user of hickory), the real HTTPS edge (`https.rs`, the only user of hyper's client and
-//! rustls), the real source that joins them (`net.rs`) and one discovery run over any source
-//! (`discover.rs`: TXT record, fetch, RFC 8461 parse).
+//! rustls) with the internal-address block of direct fetches (`address.rs`, a leaf), the real
+//! source that joins them (`net.rs`) and one discovery run over any source (`discover.rs`: TXT
+//! record, fetch, RFC 8461 parse).
 //!
 //! May import: `policy`, `config`, `metrics`, `clock`. Never the cache, the resolver or anything
-//! that serves. Inside: `error` ← `source` ← `dns` ← `https` ← `net`; `discover` uses `error` and
-//! `source` only.
+//! that serves. Inside: `error` ← `source` ← `dns` ← `https` ← `net`, and `address` ← `https`;
+//! `discover` uses `error` and `source` only.
 
+mod address;
 mod discover;
 pub mod dns;
 mod error;
