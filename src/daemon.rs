@@ -158,6 +158,11 @@ impl Daemon {
         let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
         let map_names: Vec<&str> = config.maps.keys().map(String::as_str).collect();
         let metrics = Arc::new(Metrics::with_maps(&map_names));
+        if store.stats().read_only.is_some() {
+            // A full or read-only state directory: serve what was loaded (the store logged why
+            // and retries), counted like any later failed write.
+            metrics.store_write_error();
+        }
         let resolver = Resolver::new(
             Cache::new(capacity).with_metrics(metrics.clone()),
             opts.source,
@@ -519,8 +524,17 @@ impl Daemon {
     pub fn status_line(&self) -> String {
         let g = self.gauges();
         format!(
-            "serving; policies: {} enforce, {} testing, {} none; {} negative; {} connections",
-            g.entries_enforce, g.entries_testing, g.entries_none, g.entries_negative, g.connections
+            "serving; policies: {} enforce, {} testing, {} none; {} negative; {} connections{}",
+            g.entries_enforce,
+            g.entries_testing,
+            g.entries_none,
+            g.entries_negative,
+            g.connections,
+            if g.journal_read_only == 1 {
+                "; journal read-only"
+            } else {
+                ""
+            }
         )
     }
 
@@ -573,19 +587,33 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             .map_err(|e| format!("state directory {}: cannot create: {e}", dir.display()))?;
     }
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| {
-            format!(
-                "state directory {}: cannot open {}: {e}",
-                dir.display(),
-                path.display()
-            )
-        })?;
+    {
+        Ok(file) => file,
+        // A read-only or full state directory still starts, with the journal read-only; flock(2)
+        // needs no write access, so the existing lock file is locked for reading, or the
+        // directory itself when there is none.
+        Err(e) => match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => {
+                warn!(dir = %dir.display(), error = %e, "cannot create the lock file; locking the state directory itself");
+                std::fs::File::open(dir)
+                    .map_err(|e| format!("state directory {}: cannot open: {e}", dir.display()))?
+            }
+            Err(_) => {
+                return Err(format!(
+                    "state directory {}: cannot open {}: {e}",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+        },
+    };
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
             format!(

@@ -32,6 +32,7 @@ async fn start() -> Server {
         entries_negative: 5,
         expiring_within_day: 1,
         connections: 7,
+        journal_read_only: 0,
     });
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(serve(listener, metrics.clone(), gauges, rx));

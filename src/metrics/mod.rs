@@ -171,6 +171,8 @@ pub struct Gauges {
     pub entries_negative: u64,
     pub expiring_within_day: u64,
     pub connections: u64,
+    /// 1 while the policy journal cannot be written (policies are then kept in memory only).
+    pub journal_read_only: u64,
 }
 
 /// The registry. Create once and share as `Arc<Metrics>`.
@@ -445,6 +447,12 @@ impl Metrics {
                 Value::Count(g.expiring_within_day),
             ));
             out.push(Family::single(
+                "mta_sts_journal_read_only",
+                "1 while the policy journal cannot be written (full or read-only file system): new policies are kept in memory only until a retry rewrites it.",
+                Kind::Gauge,
+                Value::Count(g.journal_read_only),
+            ));
+            out.push(Family::single(
                 "mta_sts_connections",
                 "Open socketmap and tcp_table client connections.",
                 Kind::Gauge,
@@ -518,6 +526,7 @@ mod tests {
                 "# TYPE mta_sts_store_write_errors_total counter",
                 "# TYPE mta_sts_cache_entries gauge",
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
+                "# TYPE mta_sts_journal_read_only gauge",
                 "# TYPE mta_sts_connections gauge",
             ]
         );
@@ -580,6 +589,7 @@ mod tests {
             "mta_sts_cache_entries{mode=\"negative\"}",
             "mta_sts_policies_expiring_within_day",
             "mta_sts_connections",
+            "mta_sts_journal_read_only",
             "mta_sts_lookup_duration_seconds_bucket{le=\"+Inf\"}",
             "mta_sts_lookup_duration_seconds_count",
         ] {
@@ -805,6 +815,7 @@ mod tests {
             entries_negative: 7,
             expiring_within_day: 1,
             connections: 4,
+            journal_read_only: 1,
         };
         let text = m.render(&g);
         for (series, v) in [
@@ -824,6 +835,7 @@ mod tests {
             ("mta_sts_cache_entries{mode=\"negative\"}", "7"),
             ("mta_sts_policies_expiring_within_day", "1"),
             ("mta_sts_connections", "4"),
+            ("mta_sts_journal_read_only", "1"),
         ] {
             assert_eq!(value(&text, series), v, "{series}");
         }

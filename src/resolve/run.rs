@@ -69,6 +69,10 @@ impl Resolver {
         self
     }
 
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     pub fn cache(&self) -> &Cache {
         &self.cache
     }

@@ -291,7 +291,8 @@ fn status(ctl: &Control) -> Value {
         "expiring_within_day": c.expiring_within_day,
         "connections": c.connections,
         "journal": {"bytes": st.journal_bytes, "records": st.journal_records, "live": st.live,
-                    "compactions": st.compactions, "write_errors": st.write_errors},
+                    "compactions": st.compactions, "write_errors": st.write_errors,
+                    "read_only": st.read_only},
     })
 }
 
@@ -638,6 +639,25 @@ pub fn render(verb: &str, lines: &[Value]) -> String {
             for l in lines {
                 s.push_str(&l.to_string());
                 s.push('\n');
+            }
+        }
+        "status" => {
+            let mut v = last.clone();
+            // One line says whether policies are durable; the counters follow it.
+            let read_only = v
+                .get_mut("journal")
+                .and_then(Value::as_object_mut)
+                .and_then(|j| j.remove("read_only"));
+            for (k, v) in v.as_object().into_iter().flatten() {
+                if k == "journal" {
+                    match read_only.as_ref().and_then(Value::as_str) {
+                        Some(why) => s.push_str(&format!("journal: read-only ({why})\n")),
+                        None => s.push_str("journal: writable\n"),
+                    }
+                }
+                if k != "ok" {
+                    flatten(k, v, &mut s);
+                }
             }
         }
         _ => flatten("", last, &mut s),

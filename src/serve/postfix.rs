@@ -63,6 +63,11 @@ impl Shared {
             entries_negative: c.negative,
             expiring_within_day: c.expiring_within_day,
             connections: self.open_connections(),
+            journal_read_only: u64::from(
+                self.resolver
+                    .store()
+                    .is_some_and(|s| s.stats().read_only.is_some()),
+            ),
         }
     }
 }

@@ -5,23 +5,65 @@
 //! Loading is tolerant: the latest valid record per domain wins, a record counts only with its
 //! final newline (an unterminated last line is a write that never completed), and a torn tail or
 //! a damaged record costs that record only, never the rest of the file.
+//!
+//! Loading does not trust the wall clock blindly either ([`Expiry`]): a host that boots with its
+//! clock far ahead must not delete its whole trust-on-first-use cache (RFC 8461 §10.2) because
+//! every record looks expired.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
 use super::error::StoreError;
-use super::format::{HEADER, HEADER_PREFIX, JOURNAL, Record};
+use super::format::{HEADER, HEADER_PREFIX, JOURNAL, Record, unix_seconds};
 use crate::cache::memory::PolicyEntry;
 
 /// Skipped records get a warning each up to this many, then one summary line: a garbage file
 /// must not flood the log.
 const MAX_WARNINGS: usize = 20;
+
+/// How far the clock may be past the newest record of the journal before it is suspected of
+/// being wrong rather than the daemon having been stopped for a while.
+pub(super) const CLOCK_AHEAD_SLACK: Duration = Duration::from_secs(86_400);
+
+/// What may be deleted from disk as expired, given the journal's own times.
+///
+/// The clock is suspect when it is more than [`CLOCK_AHEAD_SLACK`] past the newest time the
+/// records read at start speak of (a policy fetch, or the end of a negative entry: its check plus
+/// `cache.negative_ttl`). While it is, records that look expired are not served but stay on disk
+/// for a start with a sane clock; only those that had expired by the latest policy fetch, a time
+/// that has certainly passed, are deleted. As soon as the clock is back within the slack
+/// (corrected by time synchronisation), expiry follows the clock again. A daemon with a right
+/// clock that fetched nothing for over a day looks the same: that costs a warning, and dead
+/// records stay on disk until superseded or until a start that finds newer records.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Expiry {
+    /// The latest policy fetch.
+    fetched: Option<SystemTime>,
+    /// The latest policy fetch or negative-entry end.
+    newest: Option<SystemTime>,
+}
+
+impl Expiry {
+    /// How far `now` is past the newest record, when that is more than the slack.
+    pub(super) fn clock_ahead(&self, now: SystemTime) -> Option<Duration> {
+        let ahead = now.duration_since(self.newest?).ok()?;
+        (ahead > CLOCK_AHEAD_SLACK).then_some(ahead)
+    }
+
+    /// Records that expire at or before this time may be deleted from disk.
+    pub(super) fn cutoff(&self, now: SystemTime) -> SystemTime {
+        match self.clock_ahead(now) {
+            Some(_) => self.fetched.unwrap_or(UNIX_EPOCH),
+            None => now,
+        }
+    }
+}
 
 /// What [`Store::open`](super::Store::open) found in the journal.
 #[derive(Debug, Default)]
@@ -39,6 +81,9 @@ pub struct Loaded {
     pub skipped: usize,
     /// Latest records per domain dropped because they had expired at `now`.
     pub expired: usize,
+    /// Latest records per domain that look expired at `now` but stay on disk, not served,
+    /// because the clock looks ahead of the journal (see [`Expiry`]).
+    pub held: usize,
     /// Size of the journal as found, in bytes.
     pub bytes: u64,
 }
@@ -107,6 +152,8 @@ pub(super) struct Scan {
     pub(super) live: HashMap<Arc<str>, Live>,
     /// Larger than every `seq` in `live`.
     pub(super) next_seq: u64,
+    /// What later compactions may delete as expired.
+    pub(super) expiry: Expiry,
     /// The file is already exactly what a compaction would write.
     pub(super) clean: bool,
 }
@@ -152,6 +199,7 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
     let mut skips = Skips { path, count: 0 };
     let mut header_ok = false;
     let mut records = 0;
+    let mut expiry = Expiry::default();
     // The latest record per domain: `live[domain].seq` indexes `slots`, superseded slots become
     // None. The map becomes the writer's live map, filled in at the end, so it is built once.
     //
@@ -194,6 +242,14 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
             }
         };
         records += 1;
+        match &record {
+            Record::Policy { entry, .. } => {
+                expiry.fetched = expiry.fetched.max(Some(entry.fetched));
+                expiry.newest = expiry.newest.max(Some(entry.fetched));
+            }
+            Record::Negative { until, .. } => expiry.newest = expiry.newest.max(Some(*until)),
+            Record::Remove { .. } => {}
+        }
         if let Record::Remove { domain } = &record {
             if let Some(old) = live.remove(domain) {
                 slots[old.seq as usize] = None;
@@ -219,6 +275,7 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
         policies: Vec::with_capacity(live.len()),
         ..Loaded::default()
     };
+    let cutoff = expiry.cutoff(now);
     // In file order, so that `loaded` lists domains in the order they were last written.
     let next_seq = slots.len() as u64;
     let mut kept: Vec<Option<Kept>> = Vec::with_capacity(slots.len());
@@ -239,6 +296,8 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
             } if until > now => {
                 loaded.negatives.push((domain, reason, until));
             }
+            Record::Policy { entry, .. } if entry.expires() > cutoff => loaded.held += 1,
+            Record::Negative { until, .. } if until > cutoff => loaded.held += 1,
             _ => {
                 loaded.expired += 1;
                 kept.push(None);
@@ -246,6 +305,17 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
             }
         }
         kept.push(keep);
+    }
+    if let (Some(ahead), Some(newest)) = (expiry.clock_ahead(now), expiry.newest) {
+        warn!(
+            journal = %path.display(),
+            ahead = %humantime::format_duration(ahead),
+            newest_unix = unix_seconds(newest),
+            held = loaded.held,
+            "the clock is more than a day past the newest journal record: either the daemon was \
+             stopped that long or the clock is ahead; records that look expired are kept on disk, \
+             not served, until the clock is within a day of that record"
+        );
     }
     live.retain(
         |_, l| match kept.get_mut(l.seq as usize).and_then(Option::take) {
@@ -266,6 +336,7 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
         loaded,
         live,
         next_seq,
+        expiry,
         clean,
     }
 }
@@ -494,6 +565,122 @@ mod tests {
         ));
         let s = scan_bytes(file.as_bytes(), now);
         assert_eq!((s.loaded.records, s.loaded.skipped), (0, 4));
+    }
+
+    /// A journal whose latest policy was fetched at `t` and whose newest time is `t` + 1 h:
+    /// `a.test` fetched just before `t` (expires 100 s before a day has passed), `b.test` at `t`,
+    /// a negative until `t` + 1 h, and `old.test`, which had expired two days before `t`.
+    fn journal_as_of(t: SystemTime) -> String {
+        let mut file = format!("{HEADER}\n");
+        for r in [
+            policy("old.test", "o", t - secs(3 * 86_400)),
+            policy("a.test", "a", t - secs(100)),
+            negative("n.test", "no TXT record", t + secs(3600)),
+            policy("b.test", "b", t),
+        ] {
+            file += &r.encode().unwrap();
+            file.push('\n');
+        }
+        file
+    }
+
+    #[test]
+    fn a_clock_far_ahead_keeps_records_that_look_expired_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = base();
+        fs::write(journal(dir.path()), journal_as_of(t)).unwrap();
+        // The host boots a month ahead: everything looks expired.
+        let ahead = t + secs(30 * 86_400);
+        let ((store, loaded), log) = logged(|| Store::open(dir.path(), ahead).unwrap());
+        assert!(loaded.policies.is_empty() && loaded.negatives.is_empty());
+        assert_eq!(
+            (loaded.held, loaded.expired),
+            (3, 1),
+            "old.test had expired by t"
+        );
+        assert!(
+            log.contains("more than a day past the newest journal record"),
+            "{log}"
+        );
+        assert!(log.contains("held=3"), "{log}");
+        drop(store);
+        // Compacted (old.test was dead for sure), but nothing that only looked expired is gone.
+        let text = fs::read_to_string(journal(dir.path())).unwrap();
+        assert!(!text.contains("old.test"), "{text}");
+
+        // The next start with a corrected clock serves all of it again.
+        let (_store, loaded) = Store::open(dir.path(), t + secs(60)).unwrap();
+        assert_eq!(domains(&loaded), [("a.test", "a"), ("b.test", "b")]);
+        assert_eq!(loaded.negatives.len(), 1);
+        assert_eq!((loaded.held, loaded.expired), (0, 0));
+    }
+
+    #[test]
+    fn within_a_day_of_the_newest_record_expired_records_are_deleted() {
+        let t = base();
+        let file = journal_as_of(t);
+        // Just under a day after `t`: a.test and the negative have expired, b.test has not.
+        let (s, log) = logged(|| scan_bytes(file.as_bytes(), t + secs(86_350)));
+        assert_eq!(domains(&s.loaded), [("b.test", "b")]);
+        assert_eq!((s.loaded.held, s.loaded.expired), (0, 3));
+        assert!(!s.clean);
+        assert!(!log.contains("newest journal record"), "{log}");
+        // Exactly a day past the newest time (the negative's end) is still sane; a second more
+        // is not, and then only what had expired by the last fetch is deleted.
+        let newest = t + secs(3600);
+        let at_slack = scan_bytes(file.as_bytes(), newest + CLOCK_AHEAD_SLACK);
+        assert_eq!((at_slack.loaded.held, at_slack.loaded.expired), (0, 4));
+        let past = scan_bytes(file.as_bytes(), newest + CLOCK_AHEAD_SLACK + secs(1));
+        assert_eq!((past.loaded.held, past.loaded.expired), (3, 1));
+        assert!(past.live.contains_key("a.test") && !past.live.contains_key("old.test"));
+    }
+
+    #[test]
+    fn held_records_alone_do_not_force_a_rewrite() {
+        let t = base();
+        let mut file = format!("{HEADER}\n");
+        file += &line(&policy_json("a.test", "a", t));
+        let s = scan_bytes(file.as_bytes(), t + secs(10 * 86_400));
+        assert_eq!((s.loaded.held, s.loaded.expired), (1, 0));
+        assert!(
+            s.clean,
+            "the file already holds exactly what a compaction would write"
+        );
+    }
+
+    #[test]
+    fn expiry_cutoff_follows_the_clock_unless_it_is_far_ahead_of_the_journal() {
+        let t = base();
+        let none = Expiry::default();
+        assert_eq!(none.cutoff(t + secs(999_999)), t + secs(999_999));
+        assert_eq!(none.clock_ahead(t), None);
+        let e = Expiry {
+            fetched: Some(t),
+            newest: Some(t + secs(600)),
+        };
+        // Behind the journal (a clock set back) or within a day: the clock decides.
+        assert_eq!(e.cutoff(t - secs(5)), t - secs(5));
+        assert_eq!(e.cutoff(t + secs(87_000)), t + secs(87_000));
+        assert_eq!(e.clock_ahead(t + secs(87_000)), None);
+        // Further ahead: only what had expired by the latest fetch.
+        assert_eq!(e.cutoff(t + secs(87_001)), t);
+        assert_eq!(e.clock_ahead(t + secs(87_001)), Some(secs(86_401)));
+        // Negatives only: nothing is deleted as expired while the clock is ahead.
+        let negatives = Expiry {
+            fetched: None,
+            newest: Some(t),
+        };
+        assert_eq!(negatives.cutoff(t + secs(10 * 86_400)), UNIX_EPOCH);
+    }
+
+    #[test]
+    fn a_journal_of_removals_only_has_no_newest_time() {
+        let t = base();
+        let mut file = format!("{HEADER}\n");
+        file += &remove("a.test").encode().unwrap();
+        file.push('\n');
+        let s = scan_bytes(file.as_bytes(), t);
+        assert_eq!(s.expiry.clock_ahead(t + secs(1_000_000)), None);
     }
 
     proptest! {

@@ -96,10 +96,16 @@ impl Store {
     ///
     /// A truncated or corrupt tail, a bad record (bad CRC, bad JSON, unparsable policy text), a
     /// record with an unknown "v", or an unknown or missing header cost a warning and that record
-    /// only. Only an unusable directory or file (permissions, not a directory, no space for the
-    /// compacted file) is an error. Unless the file already holds exactly the live records, it is
-    /// compacted before this returns, so a torn tail never stays and appends start on a clean
-    /// line boundary.
+    /// only. Only a directory that cannot be created or read, or a journal that cannot be read,
+    /// is an error. Unless the file already holds exactly the live records, it is compacted
+    /// before this returns, so a torn tail never stays and appends start on a clean line
+    /// boundary. A journal that cannot be written (a full or read-only file system) is not an
+    /// error: the store starts read-only ([`StoreStats::read_only`]), with what was loaded, and
+    /// the writer thread retries in the background until it can rewrite the journal.
+    ///
+    /// Records that look expired at `now` are not loaded; they stay on disk while `now` is
+    /// more than a day past the newest record of the journal, a clock that is probably ahead
+    /// ([`Loaded::held`]).
     pub fn open(dir: &Path, now: SystemTime) -> Result<(Store, Loaded), StoreError> {
         ensure_dir(dir)?;
         let stats = Arc::new(Mutex::new(StoreStats::default()));
@@ -168,7 +174,11 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
