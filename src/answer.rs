@@ -187,11 +187,11 @@ mod tests {
     use crate::policy::tests::RFC_EXAMPLE;
 
     /// The plain answer for RFC 8461 §3.2's example policy.
-    const E4: &str =
+    const PLAIN: &str =
         "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname";
 
     /// The TLSRPT answer (Postfix >= 3.10) for the same policy.
-    const E6: &str = "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net } { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }";
+    const TLSRPT: &str = "secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net } { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }";
 
     fn policy(body: &str) -> Policy {
         match parse_policy(body.as_bytes()) {
@@ -222,7 +222,7 @@ mod tests {
         let p = policy(RFC_EXAMPLE);
         assert_eq!(
             render("example.com", &p, &Profile::default(), false).as_deref(),
-            Some(E4)
+            Some(PLAIN)
         );
     }
 
@@ -231,13 +231,13 @@ mod tests {
         let p = policy(RFC_EXAMPLE);
         assert_eq!(
             render("example.com", &p, &Profile::default(), true).as_deref(),
-            Some(E6)
+            Some(TLSRPT)
         );
         // CRLF and extra whitespace in the file do not change the answer.
         let messy = policy(&RFC_EXAMPLE.replace(": ", ":\t ").replace('\n', " \r\n\r\n"));
         assert_eq!(
             render("example.com", &messy, &Profile::default(), true).as_deref(),
-            Some(E6)
+            Some(TLSRPT)
         );
     }
 
@@ -266,12 +266,12 @@ mod tests {
         let strict = profile(true, true, false);
         assert_eq!(
             render("example.com", &p, &strict, false).as_deref(),
-            Some(E4)
+            Some(PLAIN)
         );
         // The policy_string then says "mode: testing", as in the file.
         assert_eq!(
             render("example.com", &p, &strict, true),
-            Some(E6.replace("mode: enforce", "mode: testing"))
+            Some(TLSRPT.replace("mode: enforce", "mode: testing"))
         );
     }
 
@@ -285,7 +285,7 @@ mod tests {
         );
         assert_eq!(
             render("example.com", &p, &prof, true),
-            Some(E6.replace(" servername=hostname", ""))
+            Some(TLSRPT.replace(" servername=hostname", ""))
         );
     }
 
@@ -353,7 +353,7 @@ mod tests {
         // Upper case is normalized; the domain keeps its A-label spelling.
         assert_eq!(
             render("Example.COM", &p, &Profile::default(), true).as_deref(),
-            Some(E6)
+            Some(TLSRPT)
         );
         let idn =
             render("xn--bcher-kva.example", &p, &Profile::default(), true).unwrap_or_default();
@@ -370,7 +370,7 @@ mod tests {
         ] {
             assert_eq!(
                 render(bad, &p, &Profile::default(), true).as_deref(),
-                Some(E4),
+                Some(PLAIN),
                 "{bad:?}"
             );
         }
@@ -400,19 +400,19 @@ mod tests {
         let tlsrpt = profile(false, true, true);
         let limit = |n: usize| move |v: &Value| v.len() <= n;
         assert_eq!(
-            render_fitting_owned("example.com", &p, &tlsrpt, limit(E6.len())),
-            Rendered::Found(E6.into())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(TLSRPT.len())),
+            Rendered::Found(TLSRPT.into())
         );
         assert_eq!(
-            render_fitting_owned("example.com", &p, &tlsrpt, limit(E6.len() - 1)),
-            Rendered::Found(E4.into())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(TLSRPT.len() - 1)),
+            Rendered::Found(PLAIN.into())
         );
         assert_eq!(
-            render_fitting_owned("example.com", &p, &tlsrpt, limit(E4.len())),
-            Rendered::Found(E4.into())
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(PLAIN.len())),
+            Rendered::Found(PLAIN.into())
         );
         assert_eq!(
-            render_fitting_owned("example.com", &p, &tlsrpt, limit(E4.len() - 1)),
+            render_fitting_owned("example.com", &p, &tlsrpt, limit(PLAIN.len() - 1)),
             Rendered::TooLarge
         );
         // Without the tlsrpt profile the TLSRPT form is never offered.
@@ -421,8 +421,8 @@ mod tests {
             asked.borrow_mut().push(v.to_string());
             true
         });
-        assert_eq!(r, Rendered::Found(E4.into()));
-        assert_eq!(asked.into_inner(), [E4]);
+        assert_eq!(r, Rendered::Found(PLAIN.into()));
+        assert_eq!(asked.into_inner(), [PLAIN]);
         // NotFound wins over size: nothing to send, nothing to measure.
         let testing = with_mode("testing");
         assert_eq!(
@@ -448,7 +448,7 @@ mod tests {
                 &profile(false, true, true),
                 |v: &Value| v.len() <= 4096
             ),
-            Rendered::Found(E4.into())
+            Rendered::Found(PLAIN.into())
         );
         assert_eq!(
             render_fitting_owned(
