@@ -289,6 +289,7 @@ impl Daemon {
             metrics: metrics.clone(),
             open: AtomicU64::new(0),
             config: RwLock::new(config.clone()),
+            generation: AtomicU64::new(0),
         });
         let (tx, rx) = watch::channel(false);
         let mut daemon = Daemon {
@@ -448,11 +449,7 @@ impl Daemon {
         }
 
         let new = Arc::new(new);
-        *self
-            .shared
-            .config
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.shared.set_config(new.clone());
         self.resolver.reconfigure(source, settings(&new));
 
         let mut removed = 0;

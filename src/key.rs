@@ -86,12 +86,15 @@ pub fn policy_domain(key: &[u8]) -> Result<String, Skip> {
     let host = std::str::from_utf8(host).map_err(|_| Skip::NotHostname("not UTF-8"))?;
     // Postfix's socketmap client sends the key as written (`EXAMPLE.Com`), so we fold case.
     let lower = host.to_ascii_lowercase();
-    let ascii = to_a_labels(&lower)?;
+    let mut name = to_a_labels(lower)?;
     // Exactly one trailing dot (the DNS root) is allowed; `example.com..` keeps an empty label
     // and fails below. Stripping after IDNA also covers U+3002 and other dots UTS #46 maps to `.`.
-    let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-    validate_hostname(name)?;
-    Ok(name.to_owned())
+    if name.ends_with('.') {
+        name.pop();
+    }
+    validate_hostname(&name)?;
+    // The lookup path: one allocation for the whole normalisation of an ASCII key.
+    Ok(name)
 }
 
 /// `[host]` or `[host]:port`, a nexthop without MX lookup: the host inside the brackets is a smart
@@ -170,10 +173,10 @@ fn is_ip_address(s: &[u8]) -> bool {
 /// processing, IDNA 2008), because DNS, HTTPS and RFC 8460 §4.4 need them, and existing
 /// `xn--` labels are checked to decode to a valid U-label. Plain LDH names skip this step: UTS #46
 /// would only lowercase them, which is already done.
-fn to_a_labels(lower: &str) -> Result<String, Skip> {
+fn to_a_labels(lower: String) -> Result<String, Skip> {
     let needs_idna = !lower.is_ascii() || lower.split('.').any(|label| label.starts_with("xn--"));
     if !needs_idna {
-        return Ok(lower.to_owned());
+        return Ok(lower);
     }
     // Deny list and hyphen and length checks are left to `validate_hostname`, which runs on the
     // output and gives a precise reason; here only IDNA validity is judged.

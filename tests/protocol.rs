@@ -116,6 +116,39 @@ async fn idle_connections_are_kept_and_slow_requests_are_cut() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
+/// Each pipelined request has its own `request_timeout`: one that arrives behind a slow cold
+/// lookup starts its clock when that lookup is answered, not when the bytes before it began to
+/// arrive (a Postfix client that pipelines must not be cut as slow).
+#[tokio::test]
+async fn a_request_pipelined_behind_a_slow_lookup_gets_its_own_deadline() {
+    let w = good_world().await;
+    // The TXT query of slow.test is never answered: its lookup takes the whole DNS timeout
+    // (2 s in the test config), four times request_timeout.
+    w.drop_queries("_mta-sts.slow.test");
+    let d = TestDaemon::start_with(&w, "[limits]\nrequest_timeout = \"500ms\"\n").await;
+    let mut c = SocketmapClient::connect(d.socketmap).await;
+    let slow = netstring(b"postfix slow.test");
+    let good = netstring(b"postfix good.test");
+    // The slow request arrives in two pieces, so a request clock is running when it completes;
+    // the good one follows at once, cut in the middle.
+    c.send_raw(&slow[..5]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rest = slow[5..].to_vec();
+    rest.extend_from_slice(&good[..8]);
+    c.send_raw(&rest).await;
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.reply().await.unwrap(), "NOTFOUND ");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Well within its own deadline, the rest of the second request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send_raw(&good[8..]).await;
+    assert_eq!(c.reply().await.unwrap(), GOOD);
+}
+
 #[tokio::test]
 async fn tcp_table_replies_and_key_encoding() {
     let (_w, d) = good_world_and_daemon().await;

@@ -36,6 +36,10 @@ pub struct Shared {
     /// Postfix connections open now. Counted apart from the semaphore, whose permits are also
     /// held by listeners waiting in accept.
     pub open: AtomicU64,
+    /// Bumped by every [`Shared::set_config`]: a connection keeps its own snapshot of the
+    /// configuration and takes a new one only when this moves, so a lookup costs one atomic
+    /// load instead of a lock and two reference-count updates.
+    pub generation: AtomicU64,
 }
 
 impl Shared {
@@ -45,6 +49,22 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Puts a reloaded configuration in force for every following request.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The snapshot `current` if the configuration did not change since it was taken (at
+    /// `generation`), else a new one.
+    fn refresh_config(&self, current: &mut Arc<Config>, generation: &mut u64) {
+        let now = self.generation.load(Ordering::Acquire);
+        if now != *generation {
+            *current = self.config();
+            *generation = now;
+        }
     }
 
     /// Postfix connections open now.
@@ -178,20 +198,32 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = shared.config();
-    let limits = &config.limits;
+    let mut generation = shared.generation.load(Ordering::Acquire);
+    let mut config = shared.config();
     let mut codec = protocol.codec();
     let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::with_capacity(512);
+    // When the request now in the buffer began to arrive; None between requests.
     let mut started: Option<Instant> = None;
+    // The last time a request was answered: the idle timeout counts from here.
+    let mut active = Instant::now();
+    // One timer for the whole connection. The idle deadline moves with every request, but the
+    // timer is only moved when it must fire earlier (a request in progress) or when it fired
+    // before the real deadline: resetting it per request would cost a timer-wheel update on the
+    // lookup path.
+    let timer = tokio::time::sleep_until(active + config.limits.idle_timeout);
+    tokio::pin!(timer);
     let close = loop {
         // Answer everything already complete; pipelined requests are answered in order.
         let mut fatal = None;
+        let mut answered = false;
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(req)) => {
-                    let reply = answer(req, protocol, shared).await;
+                    shared.refresh_config(&mut config, &mut generation);
+                    let reply = answer(req, protocol, shared, &config).await;
                     codec.encode(&reply, &mut out);
+                    answered = true;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -203,6 +235,7 @@ async fn serve_connection<S>(
                 }
             }
         }
+        let limits = &config.limits;
         if !out.is_empty() {
             match tokio::time::timeout(limits.request_timeout, stream.write_all(&out)).await {
                 Ok(Ok(())) => out.clear(),
@@ -213,31 +246,43 @@ async fn serve_connection<S>(
         if let Some(f) = fatal {
             break f;
         }
-        started = if buf.is_empty() {
-            None
-        } else {
-            started.or_else(|| Some(Instant::now()))
-        };
+        if answered {
+            // Each request has its own deadline: one that arrived behind a slow lookup starts
+            // its clock now, not when the bytes before it began to arrive.
+            active = Instant::now();
+            started = None;
+        }
+        if !buf.is_empty() && started.is_none() {
+            started = Some(Instant::now());
+        }
         let deadline = match started {
             Some(t) => t + limits.request_timeout,
-            None => Instant::now() + limits.idle_timeout,
+            None => active + limits.idle_timeout,
         };
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         buf.reserve(READ_CHUNK);
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+            r = stream.read_buf(&mut buf) => Some(r),
+            () = &mut timer => None,
             _ = shutdown.wait_for(|s| *s) => break Close::Shutdown,
         };
         match read {
-            Ok(Ok(0)) => {
+            Some(Ok(0)) => {
                 if !buf.is_empty() {
                     break Close::Frame("connection closed in the middle of a request".into());
                 }
                 break Close::Eof;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => break Close::Io(e),
-            Err(_) if started.is_some() => break Close::Slow,
-            Err(_) => break Close::Idle,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Close::Io(e),
+            None if Instant::now() < deadline => {
+                // Fired for an earlier deadline that has since moved on: re-arm.
+                timer.as_mut().reset(deadline);
+            }
+            None if started.is_some() => break Close::Slow,
+            None => break Close::Idle,
         }
     };
     let _ = stream.shutdown().await;
@@ -257,7 +302,7 @@ async fn serve_connection<S>(
     }
 }
 
-async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
+async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Config) -> Reply {
     let (map, key) = match req {
         Request::Lookup { map, key } => (map, key),
         Request::Invalid(why) => {
@@ -270,7 +315,6 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared) -> Reply {
         }
     };
     let start = Instant::now();
-    let config = shared.config();
     let (map_name, profile) = config.profile_for(protocol, map.as_deref());
     let fits = protocol.spec().found_fits;
     let lookup = shared.resolver.lookup(&key).await;
