@@ -339,6 +339,7 @@ fn resolver(n: usize) -> Arc<Resolver> {
         Settings {
             deadline: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(3600),
+            dns_failure_ttl: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(86_400),
         },
     );

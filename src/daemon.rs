@@ -633,6 +633,7 @@ fn settings(config: &Config) -> Settings {
     Settings {
         deadline: config.lookup_deadline(),
         negative_ttl: config.cache.negative_ttl,
+        dns_failure_ttl: config.cache.dns_failure_ttl,
         refresh_interval: config.refresh.interval,
     }
 }

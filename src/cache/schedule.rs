@@ -19,6 +19,8 @@ use super::memory::PolicyEntry;
 
 /// RFC 8461 §3.3: after a failed HTTPS GET, wait five minutes or longer before trying again.
 pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a failed TXT lookup is remembered unless configured (`[cache] dns_failure_ttl`).
+pub const DNS_FAILURE_TTL: Duration = Duration::from_secs(60);
 /// Longest back-off between refresh attempts of a failing domain: a policy host that is down
 /// for a day is still retried every hour.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -33,6 +35,9 @@ pub struct Timing {
     pub refresh_interval: Duration,
     /// How long "no policy" is remembered (`[cache] negative_ttl`).
     pub negative_ttl: Duration,
+    /// How long a failed TXT lookup is remembered when nothing valid is cached
+    /// (`[cache] dns_failure_ttl`; zero: not remembered).
+    pub dns_failure_ttl: Duration,
     /// Differs per process, so that a fleet started together does not refresh in step.
     jitter: RandomState,
 }
@@ -42,8 +47,15 @@ impl Timing {
         Timing {
             refresh_interval,
             negative_ttl,
+            dns_failure_ttl: DNS_FAILURE_TTL.min(negative_ttl),
             jitter: RandomState::new(),
         }
+    }
+
+    /// The same rules, remembering a failed TXT lookup for `ttl`.
+    pub fn with_dns_failure_ttl(mut self, ttl: Duration) -> Timing {
+        self.dns_failure_ttl = ttl;
+        self
     }
 
     /// The same rules with other durations and the same jitter seed (a reload must not move
@@ -52,6 +64,7 @@ impl Timing {
         Timing {
             refresh_interval,
             negative_ttl,
+            dns_failure_ttl: self.dns_failure_ttl,
             jitter: self.jitter.clone(),
         }
     }

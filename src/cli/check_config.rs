@@ -53,9 +53,10 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
         );
     }
     println!(
-        "cache: {}, negative_ttl {:?}, max_entries {}",
+        "cache: {}, negative_ttl {:?}, dns_failure_ttl {:?}, max_entries {}",
         config.cache.dir.display(),
         config.cache.negative_ttl,
+        config.cache.dns_failure_ttl,
         config.cache.max_entries
     );
     println!(

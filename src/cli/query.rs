@@ -28,7 +28,10 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
             report.insert("domain".into(), serde_json::Value::Null);
             report.insert("result".into(), "skipped".into());
             report.insert("reason".into(), reason.clone().into());
-            report.insert("answers".into(), answers(&config, None));
+            report.insert(
+                "answers".into(),
+                answers(&config, String::new(), Resolution::NoPolicy),
+            );
             return print_report(json, &report, &[reason], 1);
         }
     };
@@ -52,6 +55,9 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
     );
     report.insert("elapsed_ms".into(), (d.elapsed.as_millis() as u64).into());
     let mut policy = None;
+    // What the daemon would answer with when this discovery ran cold: a failure is TEMP in maps
+    // with `on_lookup_error = "temp"`, with the same reason the daemon gives.
+    let mut failed: Option<String> = None;
     let (result, reason): (&str, Option<String>) = match &d.outcome {
         Outcome::Fetched { id, policy: p } => {
             report.insert("id".into(), id.clone().into());
@@ -75,14 +81,25 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
         }
         Outcome::Unchanged { .. } => ("policy", None),
         Outcome::NoPolicy(n) => ("no-policy", Some(n.to_string())),
-        Outcome::DnsTemp(e) => ("dns-error", Some(format!("TXT lookup failed: {e}"))),
-        Outcome::FetchFailed { id, failure } => (
-            "fetch-failed",
-            Some(format!(
-                "TXT id {id}; {failure} [{}]",
-                failure.report_class()
-            )),
-        ),
+        Outcome::DnsTemp(e) => {
+            report.insert("class".into(), e.label().into());
+            failed = Some(e.to_string());
+            (
+                "dns-error",
+                Some(format!("TXT lookup failed [{}]: {e}", e.label())),
+            )
+        }
+        Outcome::FetchFailed { id, failure } => {
+            report.insert("class".into(), failure.label().into());
+            failed = Some(failure.to_string());
+            (
+                "fetch-failed",
+                Some(format!(
+                    "TXT id {id}; {failure} [{}]",
+                    failure.report_class()
+                )),
+            )
+        }
     };
     report.insert("result".into(), result.into());
     if let Some(r) = &reason {
@@ -96,7 +113,12 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
         };
         Arc::new(PolicyEntry::new(id, p, SystemTime::now()))
     });
-    let answers = answers(&config, entry.map(|e| (domain.clone(), e)));
+    let resolution = match (entry, failed) {
+        (Some(e), _) => Resolution::Policy(e),
+        (None, Some(reason)) => Resolution::Failed(reason.into()),
+        (None, None) => Resolution::NoPolicy,
+    };
+    let answers = answers(&config, domain.clone(), resolution);
     for (k, v) in answers.as_object().into_iter().flatten() {
         lines.push(format!("answer {k}: {}", v.as_str().unwrap_or("")));
     }
@@ -108,17 +130,8 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
 }
 
 /// The exact reply bytes per protocol and map (see `postfix::wire_answers`).
-fn answers(config: &Config, policy: Option<(String, Arc<PolicyEntry>)>) -> serde_json::Value {
-    let lookup = match policy {
-        Some((domain, entry)) => Lookup::Resolved {
-            domain,
-            resolution: Resolution::Policy(entry),
-        },
-        None => Lookup::Resolved {
-            domain: String::new(),
-            resolution: Resolution::NoPolicy,
-        },
-    };
+fn answers(config: &Config, domain: String, resolution: Resolution) -> serde_json::Value {
+    let lookup = Lookup::Resolved { domain, resolution };
     serde_json::to_value(postfix::wire_answers(config, &lookup)).unwrap_or_default()
 }
 

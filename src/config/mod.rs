@@ -218,10 +218,22 @@ mod tests {
             OnLookupError::NotFound
         );
         assert_eq!(c.cache.negative_ttl, Duration::from_secs(3600));
+        assert_eq!(c.cache.dns_failure_ttl, Duration::from_secs(60));
         assert_eq!(c.cache.max_entries, 1_000_000);
         assert!(c.cache.dir.is_absolute());
         assert_eq!(c.refresh.interval, Duration::from_secs(86_400));
         assert_eq!(c.refresh.concurrency, 16);
+    }
+
+    #[test]
+    fn dns_failure_ttl_is_bounded_by_negative_ttl_and_zero_disables_it() {
+        let short = Config::parse("[cache]\nnegative_ttl = \"10s\"\n", None).unwrap();
+        assert_eq!(short.cache.dns_failure_ttl, Duration::from_secs(10));
+        let off = Config::parse("[cache]\ndns_failure_ttl = \"0s\"\n", None).unwrap();
+        assert_eq!(off.cache.dns_failure_ttl, Duration::ZERO);
+        let equal = "[cache]\nnegative_ttl = \"5m\"\ndns_failure_ttl = \"5m\"\n";
+        let equal = Config::parse(equal, None).unwrap();
+        assert_eq!(equal.cache.dns_failure_ttl, Duration::from_secs(300));
     }
 
     #[test]
@@ -263,6 +275,14 @@ mod tests {
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[cache]\ndir = \"relative\"\n", "cache.dir"),
             ("[cache]\nnegative_ttl = \"0s\"\n", "cache.negative_ttl"),
+            (
+                "[cache]\ndns_failure_ttl = \"2h\"\n",
+                "cache.dns_failure_ttl",
+            ),
+            (
+                "[cache]\nnegative_ttl = \"10s\"\ndns_failure_ttl = \"11s\"\n",
+                "cache.dns_failure_ttl",
+            ),
             ("[refresh]\nconcurrency = 0\n", "refresh.concurrency"),
             (
                 "[metrics]\nlisten = \"unix:/run/m.sock\"\n",

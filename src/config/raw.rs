@@ -123,6 +123,8 @@ pub(super) struct RawMetrics {
 pub(super) struct RawCache {
     pub dir: Option<PathBuf>,
     pub negative_ttl: String,
+    /// None: one minute, or `negative_ttl` when that is shorter.
+    pub dns_failure_ttl: Option<String>,
     pub max_entries: usize,
 }
 
@@ -131,6 +133,7 @@ impl Default for RawCache {
         RawCache {
             dir: None,
             negative_ttl: "1h".to_string(),
+            dns_failure_ttl: None,
             max_entries: 1_000_000,
         }
     }

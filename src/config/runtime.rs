@@ -12,6 +12,8 @@ use super::listen::ListenAddr;
 use super::raw::{RawCache, RawControl, RawDaemon, RawLimits, RawLog, RawMetrics, RawRefresh};
 
 const WEEK: Duration = Duration::from_secs(7 * 86_400);
+/// `[cache] dns_failure_ttl` when not set (bounded by `negative_ttl`).
+const DEFAULT_DNS_FAILURE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -43,6 +45,10 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// How long "no TXT record" and "no valid policy" are remembered.
     pub negative_ttl: Duration,
+    /// How long a failed `_mta-sts` TXT lookup (timeout, SERVFAIL, ...) of a domain with no valid
+    /// cached policy is remembered: during a resolver outage each domain costs one DNS timeout
+    /// per this period instead of one per lookup. Zero: not remembered. At most `negative_ttl`.
+    pub dns_failure_ttl: Duration,
     pub max_entries: usize,
 }
 
@@ -66,23 +72,40 @@ pub struct Limits {
 }
 
 pub(super) fn validate_cache(ctx: &Ctx<'_>, raw: RawCache) -> Result<CacheConfig, ConfigError> {
-    let cache = CacheConfig {
-        dir: match raw.dir {
-            Some(d) if d.is_relative() => {
+    let dir = match raw.dir {
+        Some(d) if d.is_relative() => {
+            return Err(ctx.err(
+                "cache.dir",
+                format!("{}: must be an absolute path", d.display()),
+            ));
+        }
+        Some(d) => d,
+        None => default_state_dir(),
+    };
+    let negative_ttl = ctx.duration(
+        "cache.negative_ttl",
+        &raw.negative_ttl,
+        Duration::from_secs(1),
+        WEEK,
+    )?;
+    let dns_failure_ttl = match &raw.dns_failure_ttl {
+        None => DEFAULT_DNS_FAILURE_TTL.min(negative_ttl),
+        Some(s) => {
+            let d = ctx.duration("cache.dns_failure_ttl", s, Duration::ZERO, WEEK)?;
+            // A failure is weaker evidence than an answer: never remembered longer.
+            if d > negative_ttl {
                 return Err(ctx.err(
-                    "cache.dir",
-                    format!("{}: must be an absolute path", d.display()),
+                    "cache.dns_failure_ttl",
+                    format!("{s:?} is longer than cache.negative_ttl"),
                 ));
             }
-            Some(d) => d,
-            None => default_state_dir(),
-        },
-        negative_ttl: ctx.duration(
-            "cache.negative_ttl",
-            &raw.negative_ttl,
-            Duration::from_secs(1),
-            WEEK,
-        )?,
+            d
+        }
+    };
+    let cache = CacheConfig {
+        dir,
+        negative_ttl,
+        dns_failure_ttl,
         max_entries: raw.max_entries,
     };
     if cache.max_entries < 16 || cache.max_entries > 100_000_000 {

@@ -4,16 +4,17 @@
 //!
 //! Enforces RFC 8461 as it applies to a cache: a valid cached policy survives DNS and HTTPS
 //! failures and a vanished TXT record (§3.1, §3.3, §5.1); an unchanged TXT id needs no fetch
-//! (§3.1); a failed fetch is retried no sooner than five minutes later (§3.3); a policy is
-//! fetched again before it expires (§10.2); `max_age: 0` applies once and is not kept (§3.2).
+//! (§3.1); a failed fetch is retried no sooner than five minutes later (§3.3) and a failed TXT
+//! lookup no sooner than `[cache] dns_failure_ttl` later; a policy is fetched again before it
+//! expires (§10.2); `max_age: 0` applies once and is not kept (§3.2).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cache::journal::Record;
 use crate::cache::schedule::{FETCH_BACKOFF, Timing};
 use crate::cache::{Change, PolicyEntry, PolicyState};
-use crate::discovery::{FetchFailure, Known, NoPolicy, Outcome};
+use crate::discovery::{DnsError, FetchFailure, Known, NoPolicy, Outcome};
 
 use super::{Resolution, is_weaker};
 
@@ -60,12 +61,14 @@ pub enum Event {
     /// Nothing usable is published and nothing valid is cached. `dropped` when an expired
     /// policy was still in the cache.
     NoPolicy { reason: String, dropped: bool },
-    /// The TXT lookup failed and nothing valid is cached: not remembered, so that a DNS hiccup
-    /// cannot hide a policy for long. `dropped` as above.
+    /// The TXT lookup failed and nothing valid is cached: remembered as a failure for
+    /// `remembered` (`[cache] dns_failure_ttl`, short so that a DNS hiccup cannot hide a policy
+    /// for long; zero: not remembered). `dropped` as above.
     DnsFailed {
         reason: String,
         /// The failure's one-word class (timeout, refused, servfail, ...).
         class: &'static str,
+        remembered: Duration,
         dropped: bool,
     },
     /// The fetch failed and nothing valid is cached: backed off (RFC 8461 §3.3).
@@ -165,28 +168,7 @@ pub fn decide(
         }
         Outcome::DnsTemp(why) => {
             if cached.is_none() {
-                let dropped = state.is_some();
-                let reason = why.to_string();
-                return Decision {
-                    resolution: Resolution::Failed(reason.as_str().into()),
-                    change: if dropped {
-                        Change::Remove
-                    } else {
-                        Change::None
-                    },
-                    journal: if dropped {
-                        Journal::Background(Record::Remove {
-                            domain: domain.into(),
-                        })
-                    } else {
-                        Journal::Nothing
-                    },
-                    event: Event::DnsFailed {
-                        reason,
-                        class: why.label(),
-                        dropped,
-                    },
-                };
+                return dns_failed(domain, state.is_some(), &why, now, timing);
             }
             format!("TXT lookup failed: {why}")
         }
@@ -233,6 +215,49 @@ pub fn decide(
             entry: e,
             failures,
             reason,
+        },
+    }
+}
+
+/// A failed TXT lookup with nothing valid cached: answered as a failure, and remembered for
+/// `dns_failure_ttl` so that a resolver outage costs one DNS timeout per domain per period, not
+/// one per lookup. Memory only: a restart may ask again. An expired policy still cached is
+/// dropped from memory and disk.
+fn dns_failed(
+    domain: &str,
+    dropped: bool,
+    why: &DnsError,
+    now: SystemTime,
+    timing: &Timing,
+) -> Decision {
+    let reason: Arc<str> = why.to_string().into();
+    let ttl = timing.dns_failure_ttl;
+    let change = if !ttl.is_zero() {
+        Change::Negative {
+            reason: reason.clone(),
+            failure: true,
+            until: now + ttl,
+        }
+    } else if dropped {
+        Change::Remove
+    } else {
+        Change::None
+    };
+    Decision {
+        resolution: Resolution::Failed(reason.clone()),
+        change,
+        journal: if dropped {
+            Journal::Background(Record::Remove {
+                domain: domain.into(),
+            })
+        } else {
+            Journal::Nothing
+        },
+        event: Event::DnsFailed {
+            reason: reason.to_string(),
+            class: why.label(),
+            remembered: ttl,
+            dropped,
         },
     }
 }
@@ -475,14 +500,98 @@ mod tests {
     }
 
     #[test]
-    fn dns_failure_with_nothing_valid_is_not_remembered_and_drops_an_expired_policy() {
+    fn dns_failure_with_nothing_cached_is_remembered_in_memory_until_the_ttl() {
+        let t = timing().with_dns_failure_ttl(Duration::from_secs(60));
+        let d = decide(
+            "example.test",
+            None,
+            Outcome::DnsTemp(DnsError::Timeout),
+            now(),
+            &t,
+        );
+        match &d.resolution {
+            Resolution::Failed(r) => assert_eq!(&**r, "DNS timeout"),
+            other => panic!("{other:?}"),
+        }
+        match &d.change {
+            Change::Negative {
+                reason,
+                failure,
+                until,
+            } => {
+                assert!(failure, "answered as a failure, not as \"no policy\"");
+                assert_eq!(
+                    &**reason, "DNS timeout",
+                    "the same reason as the fresh failure"
+                );
+                assert_eq!(*until, now() + Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Memory only: a restart may ask DNS again.
+        assert!(matches!(d.journal, Journal::Nothing));
+        assert!(matches!(
+            d.event,
+            Event::DnsFailed {
+                class: "timeout",
+                dropped: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rfc8461_3_3_dns_failure_never_replaces_a_valid_policy() {
+        let t = timing().with_dns_failure_ttl(Duration::from_secs(60));
+        let s = state("one", "enforce", now() - HOUR, 0);
+        let d = decide(
+            "example.test",
+            Some(&s),
+            Outcome::DnsTemp(DnsError::ServFail),
+            now(),
+            &t,
+        );
+        assert_eq!(kept_id(&d), Some("one"));
+        assert!(
+            matches!(d.change, Change::Checked { error: Some(_), .. }),
+            "{:?}",
+            d.change
+        );
+        assert!(matches!(d.journal, Journal::Nothing));
+        assert!(matches!(d.event, Event::Kept { failures: 1, .. }));
+    }
+
+    #[test]
+    fn dns_failure_over_an_expired_policy_is_remembered_and_drops_it_from_disk() {
+        let t = timing().with_dns_failure_ttl(Duration::from_secs(60));
+        let expired = state("one", "enforce", now() - HOUR * 48, 0);
+        let d = decide(
+            "example.test",
+            Some(&expired),
+            Outcome::DnsTemp(DnsError::ServFail),
+            now(),
+            &t,
+        );
+        assert!(matches!(d.resolution, Resolution::Failed(_)));
+        assert!(matches!(d.change, Change::Negative { failure: true, .. }));
+        assert!(matches!(
+            d.journal,
+            Journal::Background(Record::Remove { .. })
+        ));
+        assert!(matches!(d.event, Event::DnsFailed { dropped: true, .. }));
+    }
+
+    #[test]
+    fn dns_failure_ttl_zero_remembers_nothing_and_drops_an_expired_policy() {
+        let t = timing().with_dns_failure_ttl(Duration::ZERO);
         let fresh = decide(
             "example.test",
             None,
             Outcome::DnsTemp(DnsError::ServFail),
             now(),
-            &timing(),
+            &t,
         );
+        assert!(matches!(fresh.resolution, Resolution::Failed(_)));
         assert!(matches!(fresh.change, Change::None));
         assert!(matches!(fresh.journal, Journal::Nothing));
 
@@ -492,7 +601,7 @@ mod tests {
             Some(&expired),
             Outcome::DnsTemp(DnsError::ServFail),
             now(),
-            &timing(),
+            &t,
         );
         assert!(matches!(d.resolution, Resolution::Failed(_)));
         assert!(matches!(d.change, Change::Remove));

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Longest wait of a cold lookup.
     pub deadline: Duration,
     pub negative_ttl: Duration,
+    /// How long a failed TXT lookup of a domain with nothing valid cached is answered as a
+    /// failure without asking DNS again (zero: asked on every lookup).
+    pub dns_failure_ttl: Duration,
     /// How often a cached domain's TXT record is checked.
     pub refresh_interval: Duration,
 }
@@ -89,6 +92,7 @@ pub(crate) mod tests {
             Settings {
                 deadline: Duration::from_secs(15),
                 negative_ttl: Duration::from_secs(3600),
+                dns_failure_ttl: Duration::from_secs(60),
                 refresh_interval: INTERVAL,
             },
         ))
@@ -207,7 +211,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn negative_answers_are_remembered_but_dns_errors_are_not() {
+    async fn negative_answers_are_remembered_for_negative_ttl_and_dns_errors_briefly() {
         let fake = Arc::new(FakeSource::default());
         let r = resolver(&fake);
         assert!(matches!(
@@ -224,15 +228,33 @@ pub(crate) mod tests {
         assert_eq!(fake.calls().0, 2, "asked again after negative_ttl");
 
         fake.set_txt(TxtLookup::Temp(DnsError::Timeout));
+        let first = resolve(&r, "temp.test").await;
+        let again = resolve(&r, "temp.test").await;
+        match (&first, &again) {
+            (Resolution::Failed(a), Resolution::Failed(b)) => {
+                assert_eq!(a, b, "the remembered failure gives the same reason")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fake.calls().0,
+            3,
+            "a DNS failure is remembered for dns_failure_ttl"
+        );
+        // A recovered resolver is seen once dns_failure_ttl (60 s here) has passed.
+        fake.publish("one", &policy("enforce", 86_400));
+        tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(
             resolve(&r, "temp.test").await,
             Resolution::Failed(_)
         ));
-        assert!(matches!(
-            resolve(&r, "temp.test").await,
-            Resolution::Failed(_)
-        ));
-        assert_eq!(fake.calls().0, 4, "temporary DNS failures are not cached");
+        assert_eq!(fake.calls().0, 3);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            id_of(&resolve(&r, "temp.test").await).as_deref(),
+            Some("one")
+        );
+        assert_eq!(fake.calls().0, 4, "asked again after dns_failure_ttl");
     }
 
     #[tokio::test(start_paused = true)]

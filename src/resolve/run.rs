@@ -40,7 +40,8 @@ impl Resolver {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Resolver {
-        let timing = Timing::new(settings.refresh_interval, settings.negative_ttl);
+        let timing = Timing::new(settings.refresh_interval, settings.negative_ttl)
+            .with_dns_failure_ttl(settings.dns_failure_ttl);
         Resolver {
             cache,
             source: RwLock::new(source),
@@ -102,7 +103,8 @@ impl Resolver {
         let mut rules = self.settings.write().unwrap_or_else(|p| p.into_inner());
         let timing = rules
             .1
-            .with(settings.refresh_interval, settings.negative_ttl);
+            .with(settings.refresh_interval, settings.negative_ttl)
+            .with_dns_failure_ttl(settings.dns_failure_ttl);
         *rules = (settings, timing);
     }
 
@@ -276,9 +278,18 @@ impl Resolver {
                     );
                 }
             }
-            Event::DnsFailed { reason, class, .. } => info!(
+            Event::DnsFailed {
+                reason,
+                class,
+                remembered,
+                ..
+            } => info!(
                 domain,
-                reason, class, elapsed_ms, "TXT lookup failed; no policy cached"
+                reason,
+                class,
+                elapsed_ms,
+                remembered_s = remembered.as_secs(),
+                "TXT lookup failed; no policy cached, answered as a failure until DNS is asked again"
             ),
             Event::FetchFailed { id, failure } => info!(
                 domain,
