@@ -40,8 +40,8 @@ async fn chown_calls_at_start(group: &str) -> Vec<String> {
     let w = good_world().await;
     let dir = w.dir();
     let trace = dir.join(format!("strace-{group}.txt"));
-    let text = ConfigText::of(&w)
-        .control_socket(&dir.join("ctl.sock"), &format!("group = \"{group}\""));
+    let text =
+        ConfigText::of(&w).control_socket(&dir.join("ctl.sock"), &format!("group = \"{group}\""));
     let cfg = dir.join(format!("unit-{group}.toml"));
     std::fs::write(&cfg, text.as_str()).unwrap();
     let mut strace = Command::new("strace")
@@ -89,11 +89,8 @@ async fn chown_calls_at_start(group: &str) -> Vec<String> {
         "OK secure match=mx.good.test servername=hostname"
     );
     // The daemon is strace's child: stop it, not strace, so that strace writes its whole trace.
-    let children = std::fs::read_to_string(format!(
-        "/proc/{0}/task/{0}/children",
-        strace.id()
-    ))
-    .unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).unwrap();
     let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon),
@@ -149,8 +146,5 @@ async fn control_group_equal_to_the_primary_group_needs_no_chown() {
         })
         .expect("a second group");
     let calls = chown_calls_at_start(other).await;
-    assert!(
-        calls.iter().any(|l| l.contains("ctl.sock")),
-        "{calls:#?}"
-    );
+    assert!(calls.iter().any(|l| l.contains("ctl.sock")), "{calls:#?}");
 }
