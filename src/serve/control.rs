@@ -56,6 +56,12 @@ pub const MAX_CONTROL_CONNECTIONS: usize = 32;
 
 /// Creates the control socket: its directory if missing, the socket with `mode`, and the group
 /// owner when configured. A stale socket left by a crash is replaced; a live one is not stolen.
+///
+/// The group is changed only when the new socket does not already have it. The kernel gives a
+/// new socket file the process's gid (or the directory's, when the directory is setgid), so under
+/// the packaged unit (`Group=mta-sts-policyd`) `[control] group = "mta-sts-policyd"` needs no
+/// chown, which the unit's `SystemCallFilter=~@privileged` answers with EPERM. Any other group
+/// comes from a socket unit with `SocketGroup=` (passed as `control`), not from this function.
 pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.exists()
@@ -64,8 +70,20 @@ pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<Unix
     }
     let l = listen::bind_unix(path, mode).await?;
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(io::Error::from)?;
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(path)?.gid() != gid {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!(
+                        "cannot give the socket group id {gid} ({e}); under a system call \
+                         filter without the chown family, run the daemon with that group as its \
+                         primary group, or pass the socket from a socket unit with \
+                         SocketGroup= and FileDescriptorName=control"
+                    ),
+                )
+            })?;
+        }
     }
     Ok(l)
 }
