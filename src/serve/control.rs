@@ -64,8 +64,8 @@ pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<Unix
     }
     let l = listen::bind_unix(path, mode).await?;
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(io::Error::from)?;
+        // lchown(2), for the same reason as the mode in `bind_unix`.
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
     }
     Ok(l)
 }
