@@ -705,6 +705,10 @@ pub fn prepare_state_dir(
         }
         Ok(())
     };
+    // Only what is not owned yet is changed: a read-only state directory still starts.
+    let owned = |st: &nix::sys::stat::FileStat| {
+        st.st_uid == uid.as_raw() && gid.is_none_or(|g| g.as_raw() == st.st_gid)
+    };
     let st = fstat(&dirfd).map_err(|e| format!("state directory {shown}: {e}"))?;
     check(&format!("state directory {shown}"), &st)?;
     for name in files {
@@ -736,10 +740,15 @@ pub fn prepare_state_dir(
             ));
         }
         check(&shown.to_string(), &st)?;
-        fchown(&fd, Some(uid), gid).map_err(|e| format!("cannot hand {shown} over: {e}"))?;
+        if !owned(&st) {
+            fchown(&fd, Some(uid), gid).map_err(|e| format!("cannot hand {shown} over: {e}"))?;
+        }
     }
-    fchown(&dirfd, Some(uid), gid)
-        .map_err(|e| format!("cannot hand state directory {shown} over: {e}"))
+    if !owned(&st) {
+        fchown(&dirfd, Some(uid), gid)
+            .map_err(|e| format!("cannot hand state directory {shown} over: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,8 +7,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::harness::{ConfigText, SocketmapClient, good_world, serve_child};
 
+/// One test at a time: a binary copied while another test forks can fail to start with
+/// ETXTBSY (the copy's descriptor is inherited until the other child's exec).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn runs_as_the_configured_user_after_binding() {
+    let _serial = SERIAL.lock().await;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("not root: privilege dropping cannot be exercised");
         return;
@@ -67,6 +72,7 @@ enum Plant {
 /// such a link, truncates its target or hands it to the user.
 #[tokio::test]
 async fn links_planted_in_the_state_directory_are_refused_not_followed() {
+    let _serial = SERIAL.lock().await;
     use std::os::unix::fs::{chown, symlink};
     if !nix::unistd::geteuid().is_root() {
         eprintln!("not root: a root start with [daemon] user cannot be exercised");
@@ -147,6 +153,7 @@ async fn links_planted_in_the_state_directory_are_refused_not_followed() {
 /// A state directory others may write to is refused on a root start, whatever is in it.
 #[tokio::test]
 async fn a_state_directory_writable_by_others_is_refused_on_a_root_start() {
+    let _serial = SERIAL.lock().await;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("not root: a root start cannot be exercised");
         return;
