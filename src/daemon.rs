@@ -141,7 +141,8 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Daemon {
-    /// Loads the journal, then binds every listener and starts serving. Fails without serving
+    /// Loads the journal, then binds every listener and starts serving (started as root with a
+    /// `[daemon] user`: binds, drops privileges, then loads the journal). Fails without serving
     /// anything if any listener cannot be bound: a partly started daemon would hide a
     /// misconfiguration.
     pub async fn start(config: Arc<Config>, opts: Options) -> Result<Daemon, StartError> {
