@@ -141,56 +141,38 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Daemon {
-    /// Loads the journal, then binds every listener and starts serving. Fails without serving
+    /// Loads the journal, then binds every listener and starts serving (started as root with a
+    /// `[daemon] user`: binds, drops privileges, then loads the journal). Fails without serving
     /// anything if any listener cannot be bound: a partly started daemon would hide a
     /// misconfiguration.
     pub async fn start(config: Arc<Config>, opts: Options) -> Result<Daemon, StartError> {
-        // The cache is loaded before any listener exists, so the first lookup already sees every
+        // The cache is loaded before any listener serves, so the first lookup already sees every
         // policy that was ever answered (warm restart).
         let started = tokio::time::Instant::now();
+        // Started as root, the state directory is checked and handed over through descriptors
+        // before root touches anything in it; with a `[daemon] user`, the journal is then opened
+        // only after privileges are dropped, so a link planted there by a process of that user
+        // is never followed by root.
+        let dropping = if nix::unistd::geteuid().is_root() {
+            let ids = match &config.daemon.user {
+                Some(user) => crate::service::daemon_ids(user, config.daemon.group.as_deref())
+                    .map(|(uid, gid)| (uid, Some(gid)))
+                    .map_err(StartError::Privileges)?,
+                None => (nix::unistd::Uid::from_raw(0), None),
+            };
+            let mut files = crate::cache::journal::FILES.to_vec();
+            files.push(LOCK);
+            crate::service::prepare_state_dir(&config.cache.dir, ids.0, ids.1, &files)
+                .map_err(StartError::StateDir)?;
+            !ids.0.is_root()
+        } else {
+            false
+        };
         let lock = lock_state_dir(&config.cache.dir).map_err(StartError::StateDir)?;
-        let dir = config.cache.dir.clone();
-        let now = opts.clock.now();
-        let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir, now))
-            .await
-            .map_err(|e| StartError::Software(format!("policy cache: loader failed: {e}")))?
-            .map_err(|e| StartError::StateDir(format!("policy cache: {e}")))?;
-        let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
-        let map_names: Vec<&str> = config.maps.keys().map(String::as_str).collect();
-        let metrics = Arc::new(Metrics::with_maps(&map_names));
-        if store.stats().read_only.is_some() {
-            // A full or read-only state directory: serve what was loaded (the store logged why
-            // and retries), counted like any later failed write.
-            metrics.store_write_error();
+        let mut opened = None;
+        if !dropping {
+            opened = Some(open_store(&config, opts.clock.now()).await?);
         }
-        let resolver = Resolver::new(
-            Cache::new(capacity).with_metrics(metrics.clone()),
-            opts.source,
-            opts.clock,
-            settings(&config),
-        )
-        .with_store(store.clone())
-        .with_metrics(metrics.clone());
-        let (policies, negatives) = (loaded.policies.len(), loaded.negatives.len());
-        resolver.reserve(policies + negatives);
-        // By value: the domain names move on into the cache (shared with the store's index).
-        for (domain, entry) in loaded.policies {
-            resolver.preload(domain, entry);
-        }
-        for (domain, reason, until) in loaded.negatives {
-            resolver.preload_negative(&domain, &reason, until);
-        }
-        info!(
-            dir = %config.cache.dir.display(),
-            policies,
-            negatives,
-            expired = loaded.expired,
-            skipped = loaded.skipped,
-            bytes = loaded.bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "policy cache loaded"
-        );
-        let resolver = Arc::new(resolver);
 
         // Sockets passed by systemd replace the configured listeners of their protocol
         // (sd_listen_fds(3): the service binds only what it was not given).
@@ -269,11 +251,7 @@ impl Daemon {
 
         // Everything that needs root is bound or open now: run as the configured user from here.
         if let Some(user) = &config.daemon.user {
-            let mut owned: Vec<PathBuf> = vec![
-                config.cache.dir.clone(),
-                config.cache.dir.join("policies.journal"),
-            ];
-            owned.extend(control_path.clone());
+            let mut owned: Vec<PathBuf> = control_path.iter().cloned().collect();
             for (_, configured, _) in &listeners {
                 if let Some(ListenAddr::Unix(p)) = configured {
                     owned.push(p.clone());
@@ -283,6 +261,46 @@ impl Daemon {
             crate::service::drop_privileges(user, config.daemon.group.as_deref(), &owned)
                 .map_err(StartError::Privileges)?;
         }
+        let (store, loaded) = match opened {
+            Some(opened) => opened,
+            None => open_store(&config, opts.clock.now()).await?,
+        };
+        let capacity = NonZeroUsize::new(config.cache.max_entries).unwrap_or(NonZeroUsize::MIN);
+        let map_names: Vec<&str> = config.maps.keys().map(String::as_str).collect();
+        let metrics = Arc::new(Metrics::with_maps(&map_names));
+        if store.stats().read_only.is_some() {
+            // A full or read-only state directory: serve what was loaded (the store logged why
+            // and retries), counted like any later failed write.
+            metrics.store_write_error();
+        }
+        let resolver = Resolver::new(
+            Cache::new(capacity).with_metrics(metrics.clone()),
+            opts.source,
+            opts.clock,
+            settings(&config),
+        )
+        .with_store(store.clone())
+        .with_metrics(metrics.clone());
+        let (policies, negatives) = (loaded.policies.len(), loaded.negatives.len());
+        resolver.reserve(policies + negatives);
+        // By value: the domain names move on into the cache (shared with the store's index).
+        for (domain, entry) in loaded.policies {
+            resolver.preload(domain, entry);
+        }
+        for (domain, reason, until) in loaded.negatives {
+            resolver.preload_negative(&domain, &reason, until);
+        }
+        info!(
+            dir = %config.cache.dir.display(),
+            policies,
+            negatives,
+            expired = loaded.expired,
+            skipped = loaded.skipped,
+            bytes = loaded.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy cache loaded"
+        );
+        let resolver = Arc::new(resolver);
         let shared = Arc::new(Shared {
             resolver: resolver.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -572,10 +590,25 @@ impl Daemon {
     }
 }
 
+/// Loads the journal in `config.cache.dir` (blocking, off the event loop).
+async fn open_store(
+    config: &Config,
+    now: SystemTime,
+) -> Result<(Store, crate::cache::journal::Loaded), StartError> {
+    let dir = config.cache.dir.clone();
+    tokio::task::spawn_blocking(move || Store::open(&dir, now))
+        .await
+        .map_err(|e| StartError::Software(format!("policy cache: loader failed: {e}")))?
+        .map_err(|e| StartError::StateDir(format!("policy cache: {e}")))
+}
+
+/// The lock file's name in the state directory.
+const LOCK: &str = "lock";
+
 /// Takes `<dir>/lock` exclusively: two daemons appending to one journal would corrupt each
 /// other's view of the cache. Creates the directory (0700) when missing.
 fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -583,19 +616,26 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             .create(dir)
             .map_err(|e| format!("state directory {}: cannot create: {e}", dir.display()))?;
     }
-    let path = dir.join("lock");
+    let path = dir.join(LOCK);
+    // Never through a symbolic link, and without blocking on a FIFO planted in its place.
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK;
     let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(flags)
         .open(&path)
     {
         Ok(file) => file,
         // A read-only or full state directory still starts, with the journal read-only; flock(2)
         // needs no write access, so the existing lock file is locked for reading, or the
         // directory itself when there is none.
-        Err(e) => match std::fs::File::open(&path) {
+        Err(e) => match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&path)
+        {
             Ok(file) => file,
             Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => {
                 warn!(dir = %dir.display(), error = %e, "cannot create the lock file; locking the state directory itself");
@@ -611,6 +651,16 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             }
         },
     };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("state directory {}: {e}", path.display()))?;
+    if !meta.is_dir() && (!meta.is_file() || meta.nlink() > 1) {
+        // A hard link to a file elsewhere, or a device: not a lock file this daemon made.
+        return Err(format!(
+            "{} is not a plain lock file (a special file or one with several hard links); remove it",
+            path.display()
+        ));
+    }
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
             format!(

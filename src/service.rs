@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::unistd::{Gid, Uid};
 use tracing::{debug, warn};
 
 /// How long one notification may wait for room in the receiver's queue. `sd_notify(3)` sends
@@ -587,16 +588,9 @@ pub fn raise_open_files_limit() -> Result<(u64, u64), String> {
     Ok((soft, hard))
 }
 
-/// Switches the whole process (every thread: glibc's setuid/setgid apply process-wide) to
-/// `user` and `group` (default: the user's primary group), after handing `owned` paths (the
-/// state directory, the journal, the unix sockets) to them. Only root can do this; a process
-/// already running as `user` is left as it is.
-pub fn drop_privileges(
-    user: &str,
-    group: Option<&str>,
-    owned: &[&std::path::Path],
-) -> Result<(), String> {
-    use nix::unistd::{Group, User, chown, getuid, setgid, setgroups, setuid};
+/// The uid and gid `[daemon] user` and `group` name (default group: the user's primary one).
+pub fn daemon_ids(user: &str, group: Option<&str>) -> Result<(Uid, Gid), String> {
+    use nix::unistd::{Group, User};
     let u = User::from_name(user)
         .map_err(|e| format!("[daemon] user {user:?}: {e}"))?
         .ok_or_else(|| format!("[daemon] user {user:?} does not exist"))?;
@@ -609,7 +603,18 @@ pub fn drop_privileges(
                 .gid
         }
     };
-    if getuid() == u.uid {
+    Ok((u.uid, gid))
+}
+
+/// Switches the whole process (every thread: glibc's setuid/setgid apply process-wide) to
+/// `user` and `group` (default: the user's primary group), after handing the `sockets` it
+/// created to them. Only root can do this; a process already running as `user` is left as it
+/// is. The state directory is not among the paths: [`prepare_state_dir`] hands it over through
+/// descriptors.
+pub fn drop_privileges(user: &str, group: Option<&str>, sockets: &[&Path]) -> Result<(), String> {
+    use nix::unistd::{getuid, setgid, setgroups, setuid};
+    let (uid, gid) = daemon_ids(user, group)?;
+    if getuid() == uid {
         return Ok(());
     }
     if !getuid().is_root() {
@@ -618,25 +623,131 @@ pub fn drop_privileges(
             getuid()
         ));
     }
-    for path in owned {
-        if path.exists() {
-            chown(*path, Some(u.uid), Some(gid))
-                .map_err(|e| format!("cannot hand {} to {user}: {e}", path.display()))?;
+    for path in sockets {
+        // lchown(2): a socket in a directory the user can write to may have been replaced by a
+        // symbolic link since it was bound; following it would hand the target to the user.
+        match std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot hand {} to {user}: {e}", path.display())),
         }
     }
     // Order matters: supplementary groups and the gid while still root, the uid last.
     setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
     setgid(gid).map_err(|e| format!("setgid: {e}"))?;
-    setuid(u.uid).map_err(|e| format!("setuid: {e}"))?;
-    if setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+    setuid(uid).map_err(|e| format!("setuid: {e}"))?;
+    if setuid(Uid::from_raw(0)).is_ok() {
         return Err("privileges could be regained after dropping them".into());
     }
     tracing::info!(
         user,
-        uid = u.uid.as_raw(),
+        uid = uid.as_raw(),
         gid = gid.as_raw(),
         "privileges dropped"
     );
+    Ok(())
+}
+
+/// Makes the state directory safe for root to use and hands it to `uid`:`gid` (root itself
+/// when no `[daemon] user` is set). Runs as root, in a directory that a process of the daemon
+/// user may have prepared (`gid` `None`: the group stays as it is), so nothing here follows a symbolic link or acts on a path twice:
+/// the directory and each of `files` in it are opened with `O_NOFOLLOW` (files relative to
+/// the directory's descriptor), checked on the descriptor, and `fchown`ed through it. Creates
+/// the directory (0700) when missing; never creates or truncates a file.
+///
+/// Refused, with the path and the reason: a directory or file that is a symbolic link, owned
+/// by someone else than root or `uid`, or writable by group or others; a file that is not a
+/// regular file or has more than one hard link (a link to a file outside, such as
+/// `/etc/shadow`, that `fchown` would hand over).
+pub fn prepare_state_dir(
+    dir: &Path,
+    uid: Uid,
+    gid: Option<Gid>,
+    files: &[&str],
+) -> Result<(), String> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+    use nix::unistd::fchown;
+    use std::os::unix::fs::DirBuilderExt;
+    let shown = dir.display();
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("state directory {shown}: cannot create: {e}"))?;
+    }
+    let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let dirfd = open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | nofollow,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => {
+            format!("state directory {shown} is a symbolic link; name the directory itself")
+        }
+        e => format!("state directory {shown}: cannot open: {e}"),
+    })?;
+    let check = |what: &str, st: &nix::sys::stat::FileStat| -> Result<(), String> {
+        if st.st_uid != 0 && st.st_uid != uid.as_raw() {
+            return Err(format!(
+                "{what} is owned by uid {}, neither root nor the daemon user (uid {uid}); \
+                 refusing to use it as root",
+                st.st_uid
+            ));
+        }
+        if st.st_mode & 0o022 != 0 {
+            return Err(format!(
+                "{what} is writable by group or others (mode {:o}); make it 0700 or 0750",
+                st.st_mode & 0o7777
+            ));
+        }
+        Ok(())
+    };
+    // Only what is not owned yet is changed: a read-only state directory still starts.
+    let owned = |st: &nix::sys::stat::FileStat| {
+        st.st_uid == uid.as_raw() && gid.is_none_or(|g| g.as_raw() == st.st_gid)
+    };
+    let st = fstat(&dirfd).map_err(|e| format!("state directory {shown}: {e}"))?;
+    check(&format!("state directory {shown}"), &st)?;
+    for name in files {
+        let path = dir.join(name);
+        let shown = path.display();
+        let fd = match openat(
+            &dirfd,
+            *name,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | nofollow,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(nix::errno::Errno::ELOOP) => {
+                return Err(format!(
+                    "{shown} is a symbolic link; refusing to follow it as root (remove it)"
+                ));
+            }
+            Err(e) => return Err(format!("{shown}: cannot open: {e}")),
+        };
+        let st = fstat(&fd).map_err(|e| format!("{shown}: {e}"))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(format!("{shown} is not a regular file (remove it)"));
+        }
+        if st.st_nlink != 1 {
+            return Err(format!(
+                "{shown} has {} hard links; refusing to hand it over as root (remove it)",
+                st.st_nlink
+            ));
+        }
+        check(&shown.to_string(), &st)?;
+        if !owned(&st) {
+            fchown(&fd, Some(uid), gid).map_err(|e| format!("cannot hand {shown} over: {e}"))?;
+        }
+    }
+    if !owned(&st) {
+        fchown(&dirfd, Some(uid), gid)
+            .map_err(|e| format!("cannot hand state directory {shown} over: {e}"))?;
+    }
     Ok(())
 }
 

@@ -72,9 +72,10 @@ pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<Unix
     if let Some(gid) = group {
         use std::os::unix::fs::MetadataExt;
         if std::fs::symlink_metadata(path)?.gid() != gid {
-            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+            // lchown(2): never through a link planted at the socket path.
+            std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
                 io::Error::new(
-                    io::Error::from(e).kind(),
+                    e.kind(),
                     format!(
                         "cannot give the socket group id {gid} ({e}); under a system call \
                          filter without the chown family, run the daemon with that group as its \

@@ -89,7 +89,7 @@ impl Listener {
 /// but a socket another process still answers on is not stolen, and a file that is not a
 /// socket is never removed.
 pub async fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(
@@ -106,7 +106,15 @@ pub async fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // Not through a link: in a directory another user can write to, the socket may have been
+    // replaced by one since bind(2), and root would change the mode of its target.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)?;
     Ok(l)
 }
 

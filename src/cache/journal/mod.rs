@@ -41,6 +41,10 @@ pub use load::Loaded;
 pub use writer::StoreStats;
 use writer::{Ack, Msg, Writer};
 
+/// The names of the files the store keeps in its state directory: the journal and the
+/// temporary file a compaction writes before renaming it over the journal.
+pub const FILES: [&str; 2] = [format::JOURNAL, format::JOURNAL_TMP];
+
 struct Inner {
     tx: Option<mpsc::Sender<Msg>>,
     thread: Option<JoinHandle<()>>,

@@ -378,11 +378,17 @@ impl Writer {
             }
         }
         let written = (|| -> io::Result<(File, u64)> {
+            // A fresh file, never whatever sits under the name: a link planted there would
+            // otherwise be followed, and its target truncated and renamed into place.
+            match fs::remove_file(&self.tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&self.tmp)?;
             let mut out = BufWriter::with_capacity(1 << 16, file);
             let mut size = HEADER.len() as u64 + 1;
@@ -781,6 +787,37 @@ mod tests {
         }
         let s = scan_bytes(&fs::read(journal(dir.path())).unwrap(), now);
         assert_eq!(domains(&s.loaded), [("a.test", "1"), ("b.test", "2")]);
+        assert!(s.clean);
+    }
+
+    #[test]
+    fn compaction_replaces_a_link_planted_as_the_temporary_file_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        fs::write(&target, "precious\n").unwrap();
+        let now = base();
+        let (store, _) = Store::open(dir.path(), now).unwrap();
+        store.write_blocking(policy("a.test", "1", now)).unwrap();
+        drop(store);
+        // A torn tail, so that opening compacts through the temporary file.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(journal(dir.path()))
+            .unwrap();
+        f.write_all(b"0123abcd {\"v\"").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(JOURNAL_TMP)).unwrap();
+
+        let (store, loaded) = Store::open(dir.path(), now).unwrap();
+        assert_eq!(domains(&loaded), [("a.test", "1")]);
+        assert!(store.stats().read_only.is_none(), "{:?}", store.stats());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        let meta = fs::symlink_metadata(journal(dir.path())).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the journal is a file of its own"
+        );
+        let s = scan_bytes(&fs::read(journal(dir.path())).unwrap(), now);
         assert!(s.clean);
     }
 }
