@@ -288,6 +288,7 @@ impl Daemon {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             metrics: metrics.clone(),
             open: AtomicU64::new(0),
+            idle: Default::default(),
             config: RwLock::new(config.clone()),
         });
         let (tx, rx) = watch::channel(false);
