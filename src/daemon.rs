@@ -306,6 +306,7 @@ impl Daemon {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             metrics: metrics.clone(),
             open: AtomicU64::new(0),
+            idle: Default::default(),
             config: RwLock::new(config.clone()),
             generation: AtomicU64::new(0),
         });

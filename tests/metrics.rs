@@ -163,6 +163,8 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     srv.metrics.cache(false);
     srv.metrics.discovery(Outcome::NxDomain);
     srv.metrics.refresh(true);
+    srv.metrics.connection_evicted();
+    srv.metrics.connection_evicted();
 
     let resp = exchange(srv.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (head, body) = split(&resp);
@@ -271,6 +273,8 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     assert_eq!(get("mta_sts_refreshes_total", &[("result", "ok")]), 1.0);
     assert_eq!(get("mta_sts_cache_entries", &[("mode", "negative")]), 5.0);
     assert_eq!(get("mta_sts_connections", &[]), 7.0);
+    assert_eq!(get("mta_sts_connections_evicted_total", &[]), 2.0);
+    assert_eq!(types["mta_sts_connections_evicted_total"], "counter");
     assert_eq!(get("mta_sts_policies_expiring_within_day", &[]), 1.0);
     assert_eq!(get("mta_sts_lookup_duration_seconds_count", &[]), 2.0);
     assert_eq!(

@@ -194,6 +194,7 @@ pub struct Metrics {
     downgrades: AtomicU64,
     evictions: AtomicU64,
     store_write_errors: AtomicU64,
+    connections_evicted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -232,6 +233,7 @@ impl Metrics {
             downgrades: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             store_write_errors: AtomicU64::new(0),
+            connections_evicted: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +309,11 @@ impl Metrics {
     /// Counts a failed write of the persistent store.
     pub fn store_write_error(&self) {
         self.store_write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an idle Postfix connection closed to admit a new client at the connection cap.
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every family with its current samples, in render order. Gauge families only when
@@ -424,6 +431,12 @@ impl Metrics {
             Kind::Counter,
             load(&self.store_write_errors),
         ));
+        out.push(Family::single(
+            "mta_sts_connections_evicted_total",
+            "Idle socketmap and tcp_table connections closed to admit a new client at limits.max_connections.",
+            Kind::Counter,
+            load(&self.connections_evicted),
+        ));
 
         if let Some(g) = gauges {
             let mut entries = Family::new(
@@ -524,6 +537,7 @@ mod tests {
                 "# TYPE mta_sts_downgrades_total counter",
                 "# TYPE mta_sts_evictions_total counter",
                 "# TYPE mta_sts_store_write_errors_total counter",
+                "# TYPE mta_sts_connections_evicted_total counter",
                 "# TYPE mta_sts_cache_entries gauge",
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
                 "# TYPE mta_sts_journal_read_only gauge",
@@ -583,6 +597,7 @@ mod tests {
             "mta_sts_downgrades_total",
             "mta_sts_evictions_total",
             "mta_sts_store_write_errors_total",
+            "mta_sts_connections_evicted_total",
             "mta_sts_cache_entries{mode=\"enforce\"}",
             "mta_sts_cache_entries{mode=\"testing\"}",
             "mta_sts_cache_entries{mode=\"none\"}",
@@ -808,6 +823,9 @@ mod tests {
         m.eviction();
         m.eviction();
         m.store_write_error();
+        m.connection_evicted();
+        m.connection_evicted();
+        m.connection_evicted();
         let g = Gauges {
             entries_enforce: 10,
             entries_testing: 3,
@@ -829,6 +847,7 @@ mod tests {
             ("mta_sts_downgrades_total", "1"),
             ("mta_sts_evictions_total", "2"),
             ("mta_sts_store_write_errors_total", "1"),
+            ("mta_sts_connections_evicted_total", "3"),
             ("mta_sts_cache_entries{mode=\"enforce\"}", "10"),
             ("mta_sts_cache_entries{mode=\"testing\"}", "3"),
             ("mta_sts_cache_entries{mode=\"none\"}", "2"),
@@ -871,6 +890,7 @@ mod tests {
                         m.downgrade();
                         m.eviction();
                         m.store_write_error();
+                        m.connection_evicted();
                     }
                 })
             })
@@ -915,6 +935,7 @@ mod tests {
         assert_eq!(s["mta_sts_downgrades_total"], n);
         assert_eq!(s["mta_sts_evictions_total"], n);
         assert_eq!(s["mta_sts_store_write_errors_total"], n);
+        assert_eq!(s["mta_sts_connections_evicted_total"], n);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! passed by systemd, and one capped accept loop.
 //!
 //! The cap is a semaphore permit taken *before* accepting, so that it is a real bound: beyond
-//! it clients wait in the kernel's accept queue instead of being accepted and cut off. Failed
+//! it clients wait in the kernel's accept queue instead of being accepted and cut off. (The
+//! Postfix listeners instead close their longest-idle connection at the cap: `idle.rs`.) Failed
 //! accepts (EMFILE, ENFILE, ENOBUFS ...) back off instead of spinning and are logged at most
 //! every few seconds.
 
@@ -224,8 +225,7 @@ pub async fn serve<L, F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut cap_warned = false;
-    let mut accept_errors: u64 = 0;
-    let mut last_accept_warn: Option<Instant> = None;
+    let mut failures = AcceptFailures::new(cap.name);
     loop {
         let permit: OwnedSemaphorePermit = match cap.permits.clone().try_acquire_owned() {
             Ok(p) => {
@@ -262,21 +262,50 @@ pub async fn serve<L, F, Fut>(
                     work.await;
                 });
             }
-            Err(e) => {
-                accept_errors += 1;
-                if last_accept_warn.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
-                    warn!(listener = cap.name, error = %e, failures = accept_errors,
-                          "accept failed; backing off (check the file descriptor limit)");
-                    last_accept_warn = Some(Instant::now());
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => failures.back_off(&e).await,
         }
     }
+    stopped(&listener, cap.name);
+}
+
+/// Failed accepts (EMFILE, ENFILE, ENOBUFS ...) of one listener: each backs off instead of
+/// spinning, and they are logged at most every [`ACCEPT_WARN_EVERY`].
+pub struct AcceptFailures {
+    name: &'static str,
+    count: u64,
+    last_warn: Option<Instant>,
+}
+
+impl AcceptFailures {
+    pub fn new(name: &'static str) -> AcceptFailures {
+        AcceptFailures {
+            name,
+            count: 0,
+            last_warn: None,
+        }
+    }
+
+    /// Records a failed accept and waits before the next try.
+    pub async fn back_off(&mut self, e: &io::Error) {
+        self.count += 1;
+        if self
+            .last_warn
+            .is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY)
+        {
+            warn!(listener = self.name, error = %e, failures = self.count,
+                  "accept failed; backing off (check the file descriptor limit)");
+            self.last_warn = Some(Instant::now());
+        }
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// What an accept loop does when it stops: removes the unix socket file this process created.
+pub fn stopped<L: OwnedPath>(listener: &L, name: &'static str) {
     if let Some(p) = listener.owned_path() {
         let _ = std::fs::remove_file(p);
     }
-    debug!(listener = cap.name, "listener stopped");
+    debug!(listener = name, "listener stopped");
 }
 
 /// The socket file a listener created and removes when it stops.

@@ -1,7 +1,8 @@
 //! Serving: the sockets the daemon answers on.
 //!
 //! Owns the Postfix lookup server (`postfix.rs`: socketmap and tcp_table connections, the
-//! per-connection limits and the mapping from a resolution to a reply), the control server
+//! per-connection limits and the mapping from a resolution to a reply; `idle.rs`: closing the
+//! longest-idle Postfix connection at the connection cap), the control server
 //! (`control.rs`: the `ctl` verbs on their own Unix socket) and the `/metrics` HTTP endpoint
 //! (`metrics_http.rs`, on hyper's HTTP/1 server).
 //!
@@ -9,6 +10,7 @@
 //! `metrics`, `clock`. Never the daemon's wiring or the command line.
 
 pub mod control;
+pub mod idle;
 pub mod listen;
 pub mod metrics_http;
 pub mod postfix;

@@ -20,7 +20,8 @@ use crate::config::{Config, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
 use crate::proto::{Protocol, Reply, Request, Value};
 use crate::resolve::{Lookup, Resolution, Resolver};
-use crate::serve::listen::{self, Cap, Listener};
+use crate::serve::idle::{self, Slot};
+use crate::serve::listen::{Cap, Listener};
 
 /// How much a connection reads at a time. Requests are tens of bytes; the decoders bound the
 /// buffer to one maximal frame plus this.
@@ -33,13 +34,16 @@ pub struct Shared {
     pub config: RwLock<Arc<Config>>,
     pub connections: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
-    /// Postfix connections open now. Counted apart from the semaphore, whose permits are also
-    /// held by listeners waiting in accept.
+    /// Postfix connections open now, for the gauge and for the shutdown's wait. Counted apart
+    /// from the semaphore, whose permit an evicted connection hands straight to its successor.
     pub open: AtomicU64,
     /// Bumped by every [`Shared::set_config`]: a connection keeps its own snapshot of the
     /// configuration and takes a new one only when this moves, so a lookup costs one atomic
     /// load instead of a lock and two reference-count updates.
     pub generation: AtomicU64,
+    /// The open Postfix connections and how long each has been idle: at the cap, the
+    /// longest-idle one is closed for a new client.
+    pub idle: idle::Registry,
 }
 
 impl Shared {
@@ -141,10 +145,12 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-/// Accepts connections until `shutdown` turns true. Holding a permit before accepting makes the
-/// cap a real bound: beyond it, clients wait in the kernel's accept queue instead of being cut off.
-/// `stop` ends this listener (reload removed it, or shutdown); `connections` ends the
-/// connections it accepted, which outlive a removed listener until the daemon stops.
+/// Accepts connections until `shutdown` turns true. At `limits.max_connections` (shared by every
+/// Postfix listener) a new client is still accepted and the longest-idle connection is closed
+/// for it (`idle.rs`): Postfix reconnects on its own, and leaked or hostile idle connections
+/// cannot lock the real clients out. `shutdown` ends this listener (reload removed it, or the
+/// daemon stops); `connections` ends the connections it accepted, which outlive a removed
+/// listener until the daemon stops.
 pub async fn run_listener(
     listener: Listener,
     protocol: Protocol,
@@ -161,14 +167,23 @@ pub async fn run_listener(
         permits: shared.connections.clone(),
         limit: shared.config().limits.max_connections,
     };
-    listen::serve(listener, cap, shutdown, move |stream| {
-        let shared = shared.clone();
-        let shutdown = connections.clone();
-        async move {
-            let _open = OpenGuard::new(&shared.open);
-            serve_connection(stream, protocol, &shared, shutdown).await
-        }
-    })
+    let (registry, metrics) = (shared.idle.clone(), shared.metrics.clone());
+    let on_evict = move || metrics.connection_evicted();
+    idle::serve(
+        listener,
+        cap,
+        registry,
+        on_evict,
+        shutdown,
+        move |stream, slot| {
+            let shared = shared.clone();
+            let shutdown = connections.clone();
+            async move {
+                let _open = OpenGuard::new(&shared.open);
+                serve_connection(stream, protocol, &shared, shutdown, &slot).await
+            }
+        },
+    )
     .await;
     debug!(
         protocol = protocol.name(),
@@ -181,6 +196,7 @@ pub async fn run_listener(
 enum Close {
     Eof,
     Idle,
+    Evicted,
     Shutdown,
     Slow,
     Frame(String),
@@ -195,6 +211,7 @@ async fn serve_connection<S>(
     protocol: Protocol,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
+    slot: &Slot,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -267,6 +284,7 @@ async fn serve_connection<S>(
             r = stream.read_buf(&mut buf) => Some(r),
             () = &mut timer => None,
             _ = shutdown.wait_for(|s| *s) => break Close::Shutdown,
+            _ = slot.evicted(started.is_none()) => break Close::Evicted,
         };
         match read {
             Some(Ok(0)) => {
@@ -289,6 +307,10 @@ async fn serve_connection<S>(
     match close {
         Close::Eof | Close::Shutdown => {}
         Close::Idle => debug!(protocol = protocol.name(), "idle connection closed"),
+        Close::Evicted => debug!(
+            protocol = protocol.name(),
+            "longest-idle connection closed to admit a new client (limits.max_connections)"
+        ),
         Close::Slow => warn!(
             protocol = protocol.name(),
             "request or reply took longer than limits.request_timeout; connection closed"
