@@ -693,8 +693,8 @@ impl Cache {
                 (end, any)
             };
             let end = if any {
-                // Looked at again under the exclusive lock: a hit or an insert may have come in
-                // between (and a table that grew has moved every entry).
+                // Looked at again under the exclusive lock: an insert may have renewed an entry
+                // in between (and a table that grew has moved every entry).
                 let mut slots = self.write();
                 let end = end.min(slots.buckets());
                 for b in at..end {
