@@ -358,6 +358,9 @@ impl Daemon {
                 .tasks
                 .spawn(control::serve(listener, ctl, control_path, rx.clone()));
         }
+        daemon
+            .tasks
+            .spawn(refresh::sweep(resolver.clone(), rx.clone()));
         daemon.tasks.spawn(refresh::run(
             resolver,
             config.refresh.concurrency,

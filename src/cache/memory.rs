@@ -1,11 +1,12 @@
 //! The in-memory policy cache: domain → a policy with its lifetime, or a remembered "no policy".
 //!
-//! Pure data behind one std `RwLock` around a hash map: no I/O, no `.await`, so the lock is never
-//! held across a suspension point. A hit takes only the shared read lock; its bookkeeping (last
-//! use, hit count) is relaxed atomics in the entry, read by eviction and operators. Persistence and refresh
-//! work on the same [`PolicyEntry`] values through plain data.
+//! Pure data behind one std `RwLock` around a hash map (`table.rs`): no I/O, no `.await`, so the
+//! lock is never held across a suspension point. A hit takes only the shared read lock; its
+//! bookkeeping (last use, hit count) is relaxed atomics in the entry, read by eviction and
+//! operators. Expired entries leave memory through eviction (they go first) and a bounded sweep
+//! the resolver runs on a timer ([`Cache::sweep`]). Persistence and refresh work on the same
+//! [`PolicyEntry`] values through plain data.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::warn;
 
+use super::table::Table;
 use crate::metrics::Metrics;
 use crate::policy::{Mode, Policy};
 use crate::proto::SharedText;
@@ -232,14 +234,32 @@ pub struct Applied {
     pub next_check: Option<SystemTime>,
 }
 
-/// How many entries a full insert looks at to choose a victim (expired first, then negative,
-/// then the least recently used): sampled eviction keeps an insert O(1) at any cache size, and
-/// 64 samples make evicting a frequently used policy very unlikely.
+/// How many entries, drawn at random from the whole table, a full insert looks at to choose a
+/// victim (expired first, then negative, then the least recently used): sampled eviction keeps
+/// an insert O(1) at any cache size, and 64 samples make evicting a frequently used policy very
+/// unlikely (the victim is older than about 98% of the cache).
 const EVICTION_SAMPLE: usize = 64;
+/// Random buckets probed to find the sample: the table of a full cache has at least 7/16 of its
+/// buckets occupied (a quarter for the tiniest), so 64 are found long before this many probes.
+const EVICTION_PROBES: usize = 16 * EVICTION_SAMPLE;
+/// Buckets one lock acquisition of [`Cache::sweep`] looks at: the read lock while it only
+/// looks, the exclusive lock (a hit waits this long at most) only for a slice with something to
+/// remove.
+const SWEEP_SLICE: usize = 256;
 
 /// Keyed by `Arc<str>` so that the refresh schedule and the store's index share the one copy
 /// of each domain name (a cache of 100,000 policies would otherwise hold it three times).
-type Slots = HashMap<Arc<str>, Slot>;
+type Slots = Table<Slot>;
+
+/// What one [`Cache::sweep`] step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// The bucket the next step starts at (0 once the end of the table was reached).
+    pub next: usize,
+    /// Buckets looked at, occupied or not.
+    pub examined: usize,
+    pub removed: usize,
+}
 
 pub struct Cache {
     slots: RwLock<Slots>,
@@ -252,7 +272,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(capacity: NonZeroUsize) -> Cache {
         Cache {
-            slots: RwLock::new(HashMap::new()),
+            slots: RwLock::new(Table::default()),
             capacity: capacity.get(),
             evicted_policies: AtomicU64::new(0),
             metrics: None,
@@ -584,8 +604,8 @@ impl Cache {
         self.evicted_policies.load(Ordering::Relaxed)
     }
 
-    /// Frees one slot when the cache is full and `domain` is new: among a sample of entries, an
-    /// expired one first, then a negative one, then the least recently used policy.
+    /// Frees one slot when the cache is full and `domain` is new: among a random sample of
+    /// entries, an expired one first, then a negative one, then the least recently used policy.
     fn make_room(&self, slots: &mut Slots, domain: &str, now: SystemTime) {
         if slots.len() < self.capacity || slots.contains_key(domain) {
             return;
@@ -600,15 +620,30 @@ impl Cache {
             };
             (class, s.usage().last_used_ms.load(Ordering::Relaxed))
         };
-        let victim = slots
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|(_, s)| rank(s))
-            .map(|(k, _)| k.clone());
-        let Some(victim) = victim else {
+        let mut victim: Option<(usize, (u8, u64))> = None;
+        let mut sampled = 0;
+        for _ in 0..EVICTION_PROBES {
+            let at = slots.random_bucket();
+            let Some((_, slot)) = slots.bucket(at) else {
+                continue;
+            };
+            let r = rank(slot);
+            if victim.is_none_or(|(_, best)| r < best) {
+                victim = Some((at, r));
+            }
+            sampled += 1;
+            if sampled == EVICTION_SAMPLE {
+                break;
+            }
+        }
+        // Only a table emptier than any full cache is could miss every probe: take any entry.
+        let victim = victim
+            .map(|(at, _)| at)
+            .or_else(|| (0..slots.buckets()).find(|&at| slots.bucket(at).is_some()));
+        let Some((victim, slot)) = victim.and_then(|at| slots.remove_bucket(at)) else {
             return;
         };
-        if let Some(Slot::Policy { entry, .. }) = slots.remove(&victim)
+        if let Slot::Policy { entry, .. } = slot
             && entry.is_valid(now)
         {
             self.evicted_policies.fetch_add(1, Ordering::Relaxed);
@@ -624,6 +659,61 @@ impl Cache {
                 );
             }
         }
+    }
+
+    /// One bounded step of the expiry sweep: looks at up to `budget` buckets from bucket `from`
+    /// and removes the negatives past their `until` and the policies expired for `grace` or
+    /// longer (the grace leaves the refresh due at expiry its turn: it may still renew the
+    /// policy, or drop it and say so in the journal). Valid entries are never touched. Memory
+    /// only: the journal drops expired records itself when it compacts or loads, so nothing is
+    /// written (and a journal kept through a wrong clock keeps what only looks expired).
+    pub fn sweep(&self, from: usize, budget: usize, now: SystemTime, grace: Duration) -> Swept {
+        let gone = |s: &Slot| match s {
+            Slot::Negative { until, .. } => *until <= now,
+            Slot::Policy { entry, .. } => {
+                entry.expires().checked_add(grace).is_some_and(|t| t <= now)
+            }
+        };
+        let mut swept = Swept {
+            next: from,
+            ..Swept::default()
+        };
+        while swept.examined < budget {
+            let at = swept.next;
+            let (end, any) = {
+                let slots = self.read();
+                let end = slots
+                    .buckets()
+                    .min(at.saturating_add(SWEEP_SLICE.min(budget - swept.examined)));
+                if at >= end {
+                    swept.next = 0;
+                    break;
+                }
+                let any = (at..end).any(|b| slots.bucket(b).is_some_and(|(_, s)| gone(s)));
+                (end, any)
+            };
+            let end = if any {
+                // Looked at again under the exclusive lock: an insert may have renewed an entry
+                // in between (and a table that grew has moved every entry).
+                let mut slots = self.write();
+                let end = end.min(slots.buckets());
+                for b in at..end {
+                    if slots.bucket(b).is_some_and(|(_, s)| gone(s)) {
+                        slots.remove_bucket(b);
+                        swept.removed += 1;
+                    }
+                }
+                end
+            } else {
+                end
+            };
+            swept.examined += end.saturating_sub(at);
+            swept.next = end;
+        }
+        if swept.next >= self.read().buckets() {
+            swept.next = 0;
+        }
+        swept
     }
 }
 
@@ -735,6 +825,163 @@ mod tests {
         assert_eq!(c.evicted_policies(), 1);
         assert_eq!(c.len(), 4);
         assert_eq!(c.policy_state("p1.test").unwrap().hits, 2);
+    }
+
+    const DAY: u32 = 86_400;
+
+    /// The domains of `c` in the table's iteration order (the order the eviction used to sample
+    /// from: its first 64).
+    fn in_iteration_order(c: &Cache) -> Vec<String> {
+        c.views().into_iter().map(|(d, _)| d).collect()
+    }
+
+    #[test]
+    fn full_cache_evicts_expired_from_anywhere_then_negatives_before_any_valid_policy() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let c = Cache::new(NonZeroUsize::new(1024).unwrap());
+        for i in 0..1024 {
+            c.insert_policy(&format!("d{i}.test"), entry("a", 100, t0), t0, t0);
+        }
+        // Replaced in place (a domain keeps its bucket): the first 128 in iteration order, the
+        // whole window the old eviction looked at, become valid for a day and least recently
+        // used; the next 384 negatives, used last of all; the last 512 stay and expire at s(100).
+        let order = in_iteration_order(&c);
+        let (valid, rest) = order.split_at(128);
+        let (negatives, expired) = rest.split_at(384);
+        for d in valid {
+            c.insert_policy(d, entry("b", DAY, s(50)), s(50), s(50));
+        }
+        for d in negatives {
+            assert!(c.insert_negative(d, "none", false, s(200), s(200 + 3600)));
+        }
+        for d in negatives {
+            assert!(matches!(c.get(d, s(300)), Hit::Negative { .. }));
+        }
+        assert_eq!(in_iteration_order(&c), order);
+        // 64 inserts into the full cache: each takes an expired entry's place.
+        for i in 0..64 {
+            c.insert_policy(
+                &format!("new{i}.test"),
+                entry("c", DAY, s(400)),
+                s(400),
+                s(400),
+            );
+        }
+        assert_eq!(c.len(), 1024);
+        assert_eq!(c.evicted_policies(), 0);
+        assert!(valid.iter().all(|d| c.valid_policy(d, s(400)).is_some()));
+        assert!(negatives.iter().all(|d| c.view(d).is_some()));
+        let left = expired.iter().filter(|d| c.view(d).is_some()).count();
+        assert_eq!(left, 512 - 64);
+        // With the expired ones swept, a full cache gives up negatives before any policy,
+        // although the valid policies were used longest ago.
+        let swept = c.sweep(0, usize::MAX, s(400), Duration::ZERO);
+        assert_eq!((swept.removed, c.len()), (448, 576));
+        for i in 0..448 {
+            c.insert_policy(
+                &format!("more{i}.test"),
+                entry("c", DAY, s(500)),
+                s(500),
+                s(500),
+            );
+        }
+        for i in 0..64 {
+            c.insert_policy(
+                &format!("last{i}.test"),
+                entry("c", DAY, s(600)),
+                s(600),
+                s(600),
+            );
+        }
+        assert_eq!(c.len(), 1024);
+        assert_eq!(c.evicted_policies(), 0);
+        assert!(valid.iter().all(|d| c.valid_policy(d, s(600)).is_some()));
+        let negatives_left = negatives.iter().filter(|d| c.view(d).is_some()).count();
+        assert_eq!(negatives_left, 384 - 64);
+    }
+
+    #[test]
+    fn full_cache_evicts_mostly_the_least_recently_used_policies() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let c = Cache::new(NonZeroUsize::new(1000).unwrap());
+        // d{i} last used at s(i): the lower i, the colder. Every tenth is hot (used at s(2000)).
+        for i in 0..1000u64 {
+            c.insert_policy(&format!("d{i}.test"), entry("a", DAY, t0), t0, s(i));
+        }
+        for i in (0..1000).step_by(10) {
+            assert!(matches!(
+                c.get(&format!("d{i}.test"), s(2000)),
+                Hit::Policy(_)
+            ));
+        }
+        for j in 0..300 {
+            c.insert_policy(
+                &format!("new{j}.test"),
+                entry("a", DAY, t0),
+                t0,
+                s(3000 + j),
+            );
+        }
+        assert_eq!(c.evicted_policies(), 300);
+        let gone: Vec<u64> = (0..1000)
+            .filter(|i| c.view(&format!("d{i}.test")).is_none())
+            .collect();
+        assert_eq!(gone.len(), 300);
+        assert!(gone.iter().all(|i| i % 10 != 0), "a hot policy was evicted");
+        assert!((0..300).all(|j| c.view(&format!("new{j}.test")).is_some()));
+        // The 300 coldest are d0..d332 less the hot ones; sampling takes nearly only those.
+        let old = gone.iter().filter(|&&i| i < 450).count();
+        assert!(
+            old >= 285,
+            "{old} of 300 evicted among the coldest: {gone:?}"
+        );
+    }
+
+    #[test]
+    fn sweep_removes_expired_entries_in_bounded_steps_and_never_a_valid_one() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let c = Cache::new(NonZeroUsize::new(10_000).unwrap());
+        for i in 0..1000 {
+            let max_age = if i % 2 == 0 { 100 } else { DAY };
+            c.insert_policy(&format!("p{i}.test"), entry("a", max_age, t0), t0, t0);
+            c.insert_negative(
+                &format!("n{i}.test"),
+                "none",
+                false,
+                t0,
+                s(50 + i % 2 * DAY as u64),
+            );
+        }
+        let grace = Duration::from_secs(600);
+        // At s(300) the short policies have expired, but not for the grace yet: negatives only.
+        let all = c.sweep(0, usize::MAX, s(300), grace);
+        assert_eq!((all.removed, all.next, c.len()), (500, 0, 1500));
+        // Past the grace, 64 buckets at a time, resuming where the last step stopped.
+        let buckets = c.read().buckets();
+        let (mut from, mut steps, mut removed) = (0, 0, 0);
+        loop {
+            let step = c.sweep(from, 64, s(700), grace);
+            assert!(step.examined <= 64);
+            removed += step.removed;
+            steps += 1;
+            from = step.next;
+            if from == 0 {
+                break;
+            }
+        }
+        assert_eq!(steps, buckets.div_ceil(64));
+        assert_eq!((removed, c.len()), (500, 1000));
+        for i in (1..1000).step_by(2) {
+            assert!(c.valid_policy(&format!("p{i}.test"), s(700)).is_some());
+            assert!(matches!(
+                c.get(&format!("n{i}.test"), s(700)),
+                Hit::Negative { .. }
+            ));
+        }
+        assert_eq!(c.sweep(0, usize::MAX, s(700), grace).removed, 0);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The policy cache: what the daemon knows, in memory and on disk.
 //!
-//! Owns the in-memory map the hit path reads (`memory.rs`), when each domain is checked next
-//! (`schedule.rs`: refresh timing and the earliest-first schedule) and the append-only journal that makes
-//! it survive restarts and crashes (`journal/`). Neither decides anything about RFC 8461: they
-//! store what the resolver tells them.
+//! Owns the in-memory map the hit path reads (`memory.rs`, on the hash table of `table.rs`), when
+//! each domain is checked next (`schedule.rs`: refresh timing and the earliest-first schedule)
+//! and the append-only journal that makes it survive restarts and crashes (`journal/`). Neither
+//! decides anything about RFC 8461: they store what the resolver tells them.
 //!
 //! May import: `policy`, `metrics`, `clock`. Never discovery, the resolver or the servers.
 
 pub mod journal;
 pub mod memory;
 pub mod schedule;
+mod table;
 
-pub use memory::{Applied, Cache, Change, Counts, EntryView, Hit, PolicyEntry, PolicyState};
+pub use memory::{Applied, Cache, Change, Counts, EntryView, Hit, PolicyEntry, PolicyState, Swept};

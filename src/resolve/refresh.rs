@@ -4,6 +4,7 @@
 //!
 //! The resolver keeps the schedule (next check per domain) and the rules for applying results;
 //! this task only waits for the next due domain and runs at most `concurrency` discoveries at once.
+//! [`sweep`] is the task that takes expired entries out of memory, a bounded slice per minute.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,16 @@ use crate::resolve::{Due, Resolver};
 
 /// Re-read the schedule at least this often, so a wall-clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How often the expiry sweep runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Table buckets one sweep looks at (a few milliseconds of work, under the read lock unless
+/// something is to go): a full pass over 100,000 entries takes 2 runs, over 1,000,000 (2^21
+/// buckets) 32 runs.
+pub const SWEEP_BUCKETS: usize = 65_536;
+/// How long an expired policy stays before the sweep drops it: the refresh due at its expiry
+/// (the last retry is scheduled then, RFC 8461 §10.2) runs first and may still renew it.
+pub const EXPIRED_POLICY_GRACE: Duration = Duration::from_secs(600);
 
 /// Runs until `shutdown` turns true; refreshes still running then are abandoned (their results
 /// would only be re-fetched after a restart).
@@ -54,6 +65,32 @@ pub async fn run(resolver: Arc<Resolver>, concurrency: usize, mut shutdown: watc
         }
     }
     tasks.abort_all();
+}
+
+/// Runs until `shutdown` turns true: every [`SWEEP_EVERY`], removes from memory the negatives
+/// past their `until` and the policies expired for [`EXPIRED_POLICY_GRACE`], looking at
+/// [`SWEEP_BUCKETS`] buckets of the cache's table and resuming where the last run stopped.
+/// Without it, an entry nobody looks up again would stay until a full cache evicts it.
+pub async fn sweep(resolver: Arc<Resolver>, mut shutdown: watch::Receiver<bool>) {
+    let mut from = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let now = resolver.clock().now();
+        let swept = resolver
+            .cache()
+            .sweep(from, SWEEP_BUCKETS, now, EXPIRED_POLICY_GRACE);
+        from = swept.next;
+        if swept.removed > 0 {
+            debug!(
+                removed = swept.removed,
+                examined = swept.examined,
+                "expired cache entries removed from memory"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +169,56 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_removes_expired_entries_within_a_few_runs_and_never_valid_ones() {
+        let fake = Arc::new(FakeSource::default());
+        let r = resolver(&fake);
+        let c = r.cache();
+        let t0 = r.clock().now();
+        let (two_min, day) = (policy("enforce", 120), policy("enforce", 86_400));
+        for i in 0..100 {
+            for (name, body) in [("short", &two_min), ("long", &day)] {
+                let p = parse_policy(body.as_bytes()).unwrap();
+                let e = Arc::new(PolicyEntry::new("one".into(), p, t0));
+                c.insert_policy(&format!("{name}{i}.test"), e, t0 + HOUR, t0);
+            }
+            c.insert_negative(
+                &format!("gone{i}.test"),
+                "none",
+                false,
+                t0,
+                t0 + SWEEP_EVERY / 2,
+            );
+            c.insert_negative(&format!("kept{i}.test"), "none", false, t0, t0 + 24 * HOUR);
+        }
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(sweep(r.clone(), rx));
+        let count = |prefix: &str| {
+            (0..100)
+                .filter(|i| c.view(&format!("{prefix}{i}.test")).is_some())
+                .count()
+        };
+        // The first run, a minute in: the negatives past their `until` are gone.
+        tokio::time::sleep(SWEEP_EVERY + Duration::from_secs(1)).await;
+        assert_eq!(
+            (count("gone"), count("short"), count("long"), count("kept")),
+            (0, 100, 100, 100)
+        );
+        // The two-minute policies go at the first run past their expiry plus the grace.
+        tokio::time::sleep(Duration::from_secs(120) + EXPIRED_POLICY_GRACE).await;
+        assert_eq!(
+            (count("short"), count("long"), count("kept")),
+            (0, 100, 100)
+        );
+        assert!((0..100).all(|i| {
+            c.valid_policy(&format!("long{i}.test"), r.clock().now())
+                .is_some()
+        }));
+        assert_eq!(fake.calls(), (0, 0), "the sweep asks no one");
+        tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
