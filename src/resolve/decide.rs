@@ -122,23 +122,7 @@ pub fn decide(
             let weaker = cached
                 .as_deref()
                 .is_some_and(|o| is_weaker(&o.policy, &entry.policy));
-            return Decision {
-                resolution: Resolution::Policy(entry.clone()),
-                change: Change::Policy {
-                    entry: entry.clone(),
-                    next_check: timing.next_check(&entry, now),
-                },
-                journal: Journal::BeforeAnswer(Record::Policy {
-                    domain: domain.into(),
-                    entry: entry.clone(),
-                }),
-                event: Event::Fetched {
-                    new: entry,
-                    old: cached,
-                    clamped,
-                    weaker,
-                },
-            };
+            return store_policy(domain, entry, cached, clamped, weaker, now, timing);
         }
         Outcome::Unchanged { id } => {
             return match cached {
@@ -302,7 +286,21 @@ pub fn import(
     if cached.is_some_and(|cur| cur.is_valid(now) && cur.fetched >= entry.fetched) {
         return None;
     }
-    Some(Decision {
+    Some(store_policy(domain, entry, None, false, false, now, timing))
+}
+
+/// Cache `entry` and answer with it; on disk before anyone is answered (trust on first use must
+/// survive a crash, RFC 8461 §10.2).
+fn store_policy(
+    domain: &str,
+    entry: Arc<PolicyEntry>,
+    old: Option<Arc<PolicyEntry>>,
+    clamped: bool,
+    weaker: bool,
+    now: SystemTime,
+    timing: &Timing,
+) -> Decision {
+    Decision {
         resolution: Resolution::Policy(entry.clone()),
         change: Change::Policy {
             entry: entry.clone(),
@@ -314,11 +312,11 @@ pub fn import(
         }),
         event: Event::Fetched {
             new: entry,
-            old: None,
-            clamped: false,
-            weaker: false,
+            old,
+            clamped,
+            weaker,
         },
-    })
+    }
 }
 
 #[cfg(test)]
