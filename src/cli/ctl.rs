@@ -70,10 +70,22 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
         CtlVerb::List {
             mode,
             expiring_within,
-        } => (
-            "list",
-            json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
-        ),
+        } => {
+            // Checked before connecting, so the answer does not depend on a running daemon; an
+            // unusable value of a verb is an error reply (status 1), as the daemon would give.
+            if let Some(m) = &mode
+                && !control::mode_names().contains(&m.as_str())
+            {
+                return fail(
+                    1,
+                    format!("mode {m:?}: expected {}", control::mode_names().join(", ")),
+                );
+            }
+            (
+                "list",
+                json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
+            )
+        }
         CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
         CtlVerb::Refresh { domain, all } => match (domain, all) {
             (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
@@ -112,9 +124,48 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
     let ok = lines
         .last()
         .is_some_and(|l| l["ok"].as_bool() == Some(true));
+    if ok
+        && name == "import"
+        && let Some(n) = lines.last().and_then(all_invalid)
+    {
+        return fail(1, format!("nothing imported: {n} invalid line(s)"));
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// The number of invalid lines of an import reply that imported and kept nothing, to be shown
+/// (the daemon lists at most 20 of them). `None` when some line was usable or none was sent.
+fn all_invalid(reply: &serde_json::Value) -> Option<String> {
+    let invalid = reply["invalid"].as_array().map_or(0, Vec::len);
+    let used = reply["imported"].as_u64().unwrap_or(0) + reply["kept"].as_u64().unwrap_or(0);
+    match invalid {
+        0 => None,
+        _ if used > 0 => None,
+        // The daemon truncates its list at 20 lines.
+        n if n >= 20 => Some(format!("{n} or more")),
+        n => Some(n.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_with_only_invalid_lines_is_a_failure() {
+        let r = json!({"ok": true, "imported": 0, "kept": 0, "invalid": ["a", "b"]});
+        assert_eq!(all_invalid(&r).as_deref(), Some("2"));
+        let many = json!({"ok": true, "imported": 0, "kept": 0, "invalid": vec!["x"; 20]});
+        assert_eq!(all_invalid(&many).as_deref(), Some("20 or more"));
+        let some = json!({"ok": true, "imported": 1, "kept": 0, "invalid": ["a"]});
+        assert_eq!(all_invalid(&some), None);
+        let kept = json!({"ok": true, "imported": 0, "kept": 3, "invalid": ["a"]});
+        assert_eq!(all_invalid(&kept), None);
+        let empty = json!({"ok": true, "imported": 0, "kept": 0, "invalid": []});
+        assert_eq!(all_invalid(&empty), None);
     }
 }
