@@ -216,3 +216,34 @@ async fn serve_answers_postfix_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
 }
+
+/// `ctl` errors a new user meets first name what was tried and the way out.
+#[test]
+fn ctl_errors_name_the_path_and_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
+    let out = Command::new(BIN)
+        .args(["ctl", "status", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "EX_UNAVAILABLE: {err}");
+    assert!(err.contains(&*sock.to_string_lossy()), "{err}");
+    assert!(
+        err.contains("-c FILE") && err.contains("--socket PATH"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("policies.jsonl");
+    let out = Command::new(BIN)
+        .args(["ctl", "import"])
+        .arg(&missing)
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+}

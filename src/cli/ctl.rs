@@ -104,7 +104,12 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
             };
             match text {
                 Ok(t) => input = Some(t.lines().map(str::to_string).collect()),
-                Err(e) => return fail(EX_USAGE, format!("cannot read the import: {e}")),
+                Err(e) => {
+                    let from = file
+                        .as_ref()
+                        .map_or_else(|| "standard input".to_string(), |f| f.display().to_string());
+                    return fail(EX_USAGE, format!("cannot read the import {from}: {e}"));
+                }
             }
             ("import", json!({"verb": "import"}))
         }
@@ -112,6 +117,16 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
     };
     let lines = match control::request(&socket, &req, input).await {
         Ok(l) => l,
+        // `request` names the path it tried; a user who guessed the wrong one needs the way out.
+        Err(e) if e.starts_with("cannot connect") => {
+            return fail(
+                EX_UNAVAILABLE,
+                format!(
+                    "{e}\n(is the daemon running? Name its configuration with -c FILE, or its \
+                     control socket with --socket PATH)"
+                ),
+            );
+        }
         Err(e) => return fail(EX_UNAVAILABLE, e),
     };
     if json {
