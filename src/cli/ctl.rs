@@ -20,33 +20,45 @@ pub enum CtlVerb {
     Stats,
     /// Cached domains.
     List {
-        /// enforce, testing, none or negative.
-        #[arg(long)]
+        /// Only entries of this kind: enforce, testing, none or negative.
+        #[arg(long, value_name = "MODE")]
         mode: Option<String>,
         /// Only policies expiring within this time ("1d", "12h").
-        #[arg(long)]
+        #[arg(long, value_name = "DURATION")]
         expiring_within: Option<String>,
     },
     /// One domain: TXT id, policy, times, last error, hits, and the exact answer per map.
-    Show { domain: String },
+    Show {
+        /// The policy domain (the part after "@" of an address).
+        domain: String,
+    },
     /// Run a discovery now and print the result.
     Refresh {
+        /// The policy domain to discover again.
         domain: Option<String>,
         /// Every cached policy (bounded by [refresh] concurrency).
         #[arg(long)]
         all: bool,
     },
     /// Remove one domain from the cache and the journal.
-    Evict { domain: String },
+    Evict {
+        /// The policy domain to forget; the next lookup discovers it again.
+        domain: String,
+    },
     /// Remove every entry.
     Purge {
+        /// Confirm: every cached policy is dropped, and mail goes without MTA-STS until they
+        /// are fetched again.
         #[arg(long)]
         yes: bool,
     },
     /// Every cached policy as JSON lines (for `import` on another host).
     Export,
     /// Merge policies from JSON lines (a file, or standard input), keeping the freshest fetch.
-    Import { file: Option<PathBuf> },
+    Import {
+        /// JSON lines as `ctl export` writes them [default: standard input].
+        file: Option<PathBuf>,
+    },
     /// Re-read the configuration file.
     Reload,
 }
