@@ -64,6 +64,12 @@ fn check_config_exit_codes_and_messages() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Values as the configuration file spells them, so they can be pasted back into it.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on_lookup_error=\"notfound\"") && text.contains("negative_ttl \"1h\""),
+        "{text}"
+    );
 
     let out = Command::new(BIN).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64), "EX_USAGE for bad arguments");
