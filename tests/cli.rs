@@ -64,6 +64,12 @@ fn check_config_exit_codes_and_messages() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Values as the configuration file spells them, so they can be pasted back into it.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on_lookup_error=\"notfound\"") && text.contains("negative_ttl \"1h\""),
+        "{text}"
+    );
 
     let out = Command::new(BIN).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64), "EX_USAGE for bad arguments");
@@ -215,4 +221,35 @@ async fn serve_answers_postfix_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+}
+
+/// `ctl` errors a new user meets first name what was tried and the way out.
+#[test]
+fn ctl_errors_name_the_path_and_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
+    let out = Command::new(BIN)
+        .args(["ctl", "status", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "EX_UNAVAILABLE: {err}");
+    assert!(err.contains(&*sock.to_string_lossy()), "{err}");
+    assert!(
+        err.contains("-c FILE") && err.contains("--socket PATH"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("policies.jsonl");
+    let out = Command::new(BIN)
+        .args(["ctl", "import"])
+        .arg(&missing)
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains(&*missing.to_string_lossy()), "{err}");
 }

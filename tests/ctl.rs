@@ -322,3 +322,89 @@ async fn a_peer_that_is_not_allowed_is_refused() {
     // Root is allowed.
     assert_eq!(ask(&sock, json!({"verb": "status"})).await["ok"], true);
 }
+
+/// The `ctl list` table: every column starts at the same place on every line, however long the
+/// domains, and the count line is English.
+#[test]
+fn list_table_is_aligned_and_counts_in_english() {
+    let reply = json!({"ok": true, "count": 2, "entries": [
+        {"domain": "a.test", "kind": "policy", "mode": "enforce", "id": "id1",
+         "expires": "2026-12-07T00:00:00Z", "hits": 3},
+        {"domain": "a-much-longer-domain-name-than-forty-characters.example", "kind": "negative",
+         "reason": "no TXT record", "until": "2026-12-06T01:00:00Z", "hits": 12345},
+    ]});
+    let text = control::render("list", &[reply]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let start = |l: &str, word: &str| l.find(word).unwrap();
+    for (col, words) in [
+        ("KIND", ["enforce", "negative"]),
+        ("ID/REASON", ["id1", "no TXT record"]),
+        ("EXPIRES/UNTIL", ["2026-12-07", "2026-12-06"]),
+    ] {
+        let at = start(lines[0], col);
+        assert_eq!(start(lines[1], words[0]), at, "{col}:\n{text}");
+        assert_eq!(start(lines[2], words[1]), at, "{col}:\n{text}");
+    }
+    // HITS is right-aligned: every row ends in the same column.
+    assert_eq!(lines[0].len(), lines[1].len(), "{text}");
+    assert_eq!(lines[0].len(), lines[2].len(), "{text}");
+    assert_eq!(lines[3], "2 entries");
+    let one = json!({"ok": true, "count": 1, "entries": [
+        {"domain": "a.test", "kind": "policy", "mode": "enforce", "id": "id1",
+         "expires": "2026-12-07T00:00:00Z", "hits": 0}]});
+    assert!(control::render("list", &[one]).ends_with("\n1 entry\n"));
+    let none = json!({"ok": true, "count": 0, "entries": []});
+    assert!(control::render("list", &[none]).ends_with("\n0 entries\n"));
+}
+
+/// Runs the binary with `args` and returns (status, stdout, stderr).
+async fn run_bin(args: Vec<std::ffi::OsString>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// README's exit codes: an unusable value of a verb, or an import of which no line could be
+/// used, is a failed request (1), not a success and not a command-line syntax error (64).
+#[tokio::test]
+async fn a_bad_list_mode_and_an_all_invalid_import_exit_1() {
+    let w = World::start().await;
+    let _d = TestDaemon::start(&w).await;
+    let sock = w.dir().join("control.sock");
+    let args = |rest: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = rest.iter().map(Into::into).collect();
+        a.push("--socket".into());
+        a.push(sock.clone().into());
+        a
+    };
+    let (code, _, err) = run_bin(args(&["ctl", "list", "--mode", "bogus"])).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("\"bogus\"") && err.contains("enforce"),
+        "{err}"
+    );
+    let (code, out, err) = run_bin(args(&["ctl", "list", "--mode", "enforce"])).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let file = w.dir().join("broken.jsonl");
+    std::fs::write(&file, "not json\n{\"domain\": \"x.test\"}\n\n").unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let (code, out, err) = run_bin(args(&["ctl", "import", &file])).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("2 invalid"), "{err}");
+    assert!(
+        out.contains("imported: 0"),
+        "the reply is still printed: {out}"
+    );
+}

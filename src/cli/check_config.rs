@@ -3,9 +3,10 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::check::{self, Postfix};
-use crate::config::Config;
+use crate::config::{Config, OnLookupError};
 
 use super::exit::{EX_CONFIG, EX_UNAVAILABLE, fail};
 use super::source::net_source;
@@ -24,7 +25,10 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
         }
     }
     if config.dns.nameservers.is_empty() {
-        println!("dns: system resolv.conf, timeout {:?}", config.dns.timeout);
+        println!(
+            "dns: system resolv.conf, timeout {}",
+            dur(config.dns.timeout)
+        );
     } else {
         let ns: Vec<String> = config
             .dns
@@ -32,11 +36,15 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        println!("dns: {}, timeout {:?}", ns.join(", "), config.dns.timeout);
+        println!(
+            "dns: {}, timeout {}",
+            ns.join(", "),
+            dur(config.dns.timeout)
+        );
     }
     println!(
-        "https: timeout {:?}, {} extra CA file(s), port {}, proxy {}",
-        config.https.timeout,
+        "https: timeout {}, {} extra CA file(s), port {}, proxy {}",
+        dur(config.https.timeout),
         config.https.ca_files.len(),
         config.https.port,
         config
@@ -49,19 +57,23 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
     for (name, p) in &config.maps {
         println!(
             "map {name:?}: strict_testing={} servername={} tlsrpt={} on_lookup_error={:?}",
-            p.answer.strict_testing, p.answer.servername, p.answer.tlsrpt, p.on_lookup_error
+            p.answer.strict_testing,
+            p.answer.servername,
+            p.answer.tlsrpt,
+            on_lookup_error_name(p.on_lookup_error)
         );
     }
     println!(
-        "cache: {}, negative_ttl {:?}, dns_failure_ttl {:?}, max_entries {}",
+        "cache: {}, negative_ttl {}, dns_failure_ttl {}, max_entries {}",
         config.cache.dir.display(),
-        config.cache.negative_ttl,
-        config.cache.dns_failure_ttl,
+        dur(config.cache.negative_ttl),
+        dur(config.cache.dns_failure_ttl),
         config.cache.max_entries
     );
     println!(
-        "refresh: every {:?}, {} at once",
-        config.refresh.interval, config.refresh.concurrency
+        "refresh: every {}, {} at once",
+        dur(config.refresh.interval),
+        config.refresh.concurrency
     );
     match &config.control.socket {
         Some(p) => println!("control socket: {}", p.display()),
@@ -76,6 +88,19 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A duration as the configuration file spells it: `"1h"`, `"1m 30s"`.
+fn dur(d: Duration) -> String {
+    format!("\"{}\"", humantime::format_duration(d))
+}
+
+/// `on_lookup_error` as the configuration file spells it.
+fn on_lookup_error_name(e: OnLookupError) -> &'static str {
+    match e {
+        OnLookupError::NotFound => "notfound",
+        OnLookupError::Temp => "temp",
+    }
+}
+
 /// `check`: Postfix's configuration against ours. 0 clean, 1 with findings.
 pub(super) fn check_postfix(config: &Config, postconf: &str, dir: Option<&Path>) -> ExitCode {
     let pf = match Postfix::read(postconf, dir) {
@@ -88,5 +113,19 @@ pub(super) fn check_postfix(config: &Config, postconf: &str, dir: Option<&Path>)
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_printed_as_the_configuration_file_spells_them() {
+        assert_eq!(dur(Duration::from_secs(3600)), "\"1h\"");
+        assert_eq!(dur(Duration::from_secs(90)), "\"1m 30s\"");
+        assert_eq!(dur(Duration::ZERO), "\"0s\"");
+        assert_eq!(on_lookup_error_name(OnLookupError::NotFound), "notfound");
+        assert_eq!(on_lookup_error_name(OnLookupError::Temp), "temp");
     }
 }

@@ -20,33 +20,45 @@ pub enum CtlVerb {
     Stats,
     /// Cached domains.
     List {
-        /// enforce, testing, none or negative.
-        #[arg(long)]
+        /// Only entries of this kind: enforce, testing, none or negative.
+        #[arg(long, value_name = "MODE")]
         mode: Option<String>,
         /// Only policies expiring within this time ("1d", "12h").
-        #[arg(long)]
+        #[arg(long, value_name = "DURATION")]
         expiring_within: Option<String>,
     },
     /// One domain: TXT id, policy, times, last error, hits, and the exact answer per map.
-    Show { domain: String },
+    Show {
+        /// The policy domain (the part after "@" of an address).
+        domain: String,
+    },
     /// Run a discovery now and print the result.
     Refresh {
+        /// The policy domain to discover again.
         domain: Option<String>,
         /// Every cached policy (bounded by [refresh] concurrency).
         #[arg(long)]
         all: bool,
     },
     /// Remove one domain from the cache and the journal.
-    Evict { domain: String },
+    Evict {
+        /// The policy domain to forget; the next lookup discovers it again.
+        domain: String,
+    },
     /// Remove every entry.
     Purge {
+        /// Confirm: every cached policy is dropped, and mail goes without MTA-STS until they
+        /// are fetched again.
         #[arg(long)]
         yes: bool,
     },
     /// Every cached policy as JSON lines (for `import` on another host).
     Export,
     /// Merge policies from JSON lines (a file, or standard input), keeping the freshest fetch.
-    Import { file: Option<PathBuf> },
+    Import {
+        /// JSON lines as `ctl export` writes them [default: standard input].
+        file: Option<PathBuf>,
+    },
     /// Re-read the configuration file.
     Reload,
 }
@@ -70,10 +82,22 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
         CtlVerb::List {
             mode,
             expiring_within,
-        } => (
-            "list",
-            json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
-        ),
+        } => {
+            // Checked before connecting, so the answer does not depend on a running daemon; an
+            // unusable value of a verb is an error reply (status 1), as the daemon would give.
+            if let Some(m) = &mode
+                && !control::mode_names().contains(&m.as_str())
+            {
+                return fail(
+                    1,
+                    format!("mode {m:?}: expected {}", control::mode_names().join(", ")),
+                );
+            }
+            (
+                "list",
+                json!({"verb": "list", "mode": mode, "expiring_within": expiring_within}),
+            )
+        }
         CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
         CtlVerb::Refresh { domain, all } => match (domain, all) {
             (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
@@ -92,7 +116,12 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
             };
             match text {
                 Ok(t) => input = Some(t.lines().map(str::to_string).collect()),
-                Err(e) => return fail(EX_USAGE, format!("cannot read the import: {e}")),
+                Err(e) => {
+                    let from = file
+                        .as_ref()
+                        .map_or_else(|| "standard input".to_string(), |f| f.display().to_string());
+                    return fail(EX_USAGE, format!("cannot read the import {from}: {e}"));
+                }
             }
             ("import", json!({"verb": "import"}))
         }
@@ -100,6 +129,16 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
     };
     let lines = match control::request(&socket, &req, input).await {
         Ok(l) => l,
+        // `request` names the path it tried; a user who guessed the wrong one needs the way out.
+        Err(e) if e.starts_with("cannot connect") => {
+            return fail(
+                EX_UNAVAILABLE,
+                format!(
+                    "{e}\n(is the daemon running? Name its configuration with -c FILE, or its \
+                     control socket with --socket PATH)"
+                ),
+            );
+        }
         Err(e) => return fail(EX_UNAVAILABLE, e),
     };
     if json {
@@ -112,9 +151,48 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
     let ok = lines
         .last()
         .is_some_and(|l| l["ok"].as_bool() == Some(true));
+    if ok
+        && name == "import"
+        && let Some(n) = lines.last().and_then(all_invalid)
+    {
+        return fail(1, format!("nothing imported: {n} invalid line(s)"));
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// The number of invalid lines of an import reply that imported and kept nothing, to be shown
+/// (the daemon lists at most 20 of them). `None` when some line was usable or none was sent.
+fn all_invalid(reply: &serde_json::Value) -> Option<String> {
+    let invalid = reply["invalid"].as_array().map_or(0, Vec::len);
+    let used = reply["imported"].as_u64().unwrap_or(0) + reply["kept"].as_u64().unwrap_or(0);
+    match invalid {
+        0 => None,
+        _ if used > 0 => None,
+        // The daemon truncates its list at 20 lines.
+        n if n >= 20 => Some(format!("{n} or more")),
+        n => Some(n.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_with_only_invalid_lines_is_a_failure() {
+        let r = json!({"ok": true, "imported": 0, "kept": 0, "invalid": ["a", "b"]});
+        assert_eq!(all_invalid(&r).as_deref(), Some("2"));
+        let many = json!({"ok": true, "imported": 0, "kept": 0, "invalid": vec!["x"; 20]});
+        assert_eq!(all_invalid(&many).as_deref(), Some("20 or more"));
+        let some = json!({"ok": true, "imported": 1, "kept": 0, "invalid": ["a"]});
+        assert_eq!(all_invalid(&some), None);
+        let kept = json!({"ok": true, "imported": 0, "kept": 3, "invalid": ["a"]});
+        assert_eq!(all_invalid(&kept), None);
+        let empty = json!({"ok": true, "imported": 0, "kept": 0, "invalid": []});
+        assert_eq!(all_invalid(&empty), None);
     }
 }

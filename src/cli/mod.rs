@@ -61,10 +61,10 @@ enum Command {
     /// Check Postfix's configuration (via postconf) against this daemon's; exit 1 on findings.
     Check {
         /// The postconf command.
-        #[arg(long, default_value = "postconf")]
+        #[arg(long, default_value = "postconf", value_name = "COMMAND")]
         postconf: String,
         /// Postfix's configuration directory (postconf -c).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         postfix_config: Option<PathBuf>,
     },
     /// Inspect and steer the running daemon's cache through its control socket.
@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
         /// The control socket (default: [control] socket from the configuration).
-        #[arg(long, global = true)]
+        #[arg(long, global = true, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
 }
@@ -149,5 +149,36 @@ fn run(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     {
         Ok(rt) => rt.block_on(f),
         Err(e) => fail(EX_SOFTWARE, format!("cannot start the runtime: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument and flag of every command says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "mta-sts-policyd", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
     }
 }

@@ -635,24 +635,47 @@ pub fn render(verb: &str, lines: &[Value]) -> String {
     let mut s = String::new();
     match verb {
         "list" => {
-            s.push_str(&format!(
-                "{:<40} {:<9} {:<24} {:<21} {:>6}\n",
-                "DOMAIN", "KIND", "ID/REASON", "EXPIRES/UNTIL", "HITS"
-            ));
+            // Columns as wide as their widest cell, so any domain length lines up.
+            let mut rows = vec![[
+                "DOMAIN".to_string(),
+                "KIND".to_string(),
+                "ID/REASON".to_string(),
+                "EXPIRES/UNTIL".to_string(),
+                "HITS".to_string(),
+            ]];
             for e in last["entries"].as_array().into_iter().flatten() {
                 let kind = e["mode"].as_str().or(e["kind"].as_str()).unwrap_or("");
                 let id = e["id"].as_str().or(e["reason"].as_str()).unwrap_or("");
                 let until = e["expires"].as_str().or(e["until"].as_str()).unwrap_or("");
-                s.push_str(&format!(
-                    "{:<40} {:<9} {:<24} {:<21} {:>6}\n",
-                    e["domain"].as_str().unwrap_or(""),
-                    kind,
+                rows.push([
+                    e["domain"].as_str().unwrap_or("").to_string(),
+                    kind.to_string(),
                     truncate(id, 24),
-                    until,
-                    e["hits"]
+                    until.to_string(),
+                    e["hits"].to_string(),
+                ]);
+            }
+            let mut width = [0usize; 5];
+            for r in &rows {
+                for (w, c) in width.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            for [domain, kind, id, until, hits] in &rows {
+                s.push_str(&format!(
+                    "{domain:<w0$}  {kind:<w1$}  {id:<w2$}  {until:<w3$}  {hits:>w4$}\n",
+                    w0 = width[0],
+                    w1 = width[1],
+                    w2 = width[2],
+                    w3 = width[3],
+                    w4 = width[4],
                 ));
             }
-            s.push_str(&format!("{} entries\n", last["count"]));
+            let n = last["count"].as_u64().unwrap_or(0);
+            s.push_str(&format!(
+                "{n} {}\n",
+                if n == 1 { "entry" } else { "entries" }
+            ));
         }
         "export" => {
             for l in lines {
