@@ -415,23 +415,12 @@ impl Cache {
         now: SystemTime,
         until: SystemTime,
     ) -> bool {
-        let mut slots = self.write();
-        if let Some(Slot::Policy { entry, .. }) = slots.get(domain)
-            && entry.is_valid(now)
-        {
-            return false;
-        }
-        self.make_room(&mut slots, domain, now);
-        slots.insert(
-            domain.into(),
-            Slot::Negative {
-                reason: reason.into(),
-                until,
-                failure,
-                usage: Usage::at(now),
-            },
-        );
-        true
+        let change = Change::Negative {
+            reason: reason.into(),
+            failure,
+            until,
+        };
+        self.apply(domain, change, now).stored
     }
 
     /// Records a refresh of a cached policy: the next check time, and the error if it failed.
@@ -443,25 +432,12 @@ impl Cache {
         now: SystemTime,
         error: Option<&str>,
     ) -> u32 {
-        match self.write().get_mut(domain) {
-            Some(Slot::Policy {
-                next_check,
-                failures,
-                last_error,
-                ..
-            }) => {
-                *next_check = next;
-                match error {
-                    Some(e) => {
-                        *failures = failures.saturating_add(1);
-                        *last_error = Some(Box::new((now, e.into())));
-                    }
-                    None => *failures = 0,
-                }
-                *failures
-            }
-            _ => 0,
-        }
+        let change = Change::Checked {
+            next_check: next,
+            error: error.map(Arc::from),
+        };
+        self.apply(domain, change, now);
+        self.policy_state(domain).map_or(0, |s| s.failures)
     }
 
     /// Applies one change under one exclusive lock.
@@ -493,7 +469,11 @@ impl Cache {
                     return Applied::default();
                 }
                 self.make_room(&mut slots, domain, now);
-                let key: Arc<str> = domain.into();
+                // A domain already cached keeps its key: the schedule may share it.
+                let key = slots
+                    .get_key_value(domain)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| domain.into());
                 slots.insert(
                     key.clone(),
                     Slot::Negative {
@@ -554,11 +534,6 @@ impl Cache {
         let mut slots = self.write();
         let room = self.capacity.saturating_sub(slots.len()).min(additional);
         slots.reserve(room);
-    }
-
-    /// The cache's own copy of a domain name, to share rather than copy.
-    pub fn key(&self, domain: &str) -> Option<Arc<str>> {
-        self.read().get_key_value(domain).map(|(k, _)| k.clone())
     }
 
     /// Removes a domain; true if it was there.
