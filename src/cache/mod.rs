@@ -2,11 +2,13 @@
 //!
 //! Owns the in-memory map the hit path reads (`memory.rs`, on the hash table of `table.rs`), when
 //! each domain is checked next (`schedule.rs`: refresh timing and the earliest-first schedule)
-//! and the append-only journal that makes it survive restarts and crashes (`journal/`). Neither
+//! and the append-only journal that makes it survive restarts and crashes (`journal/`), and the
+//! second level a fleet of daemons shares on Redis/Valkey (`fleet/`). Neither
 //! decides anything about RFC 8461: they store what the resolver tells them.
 //!
 //! May import: `policy`, `metrics`, `clock`. Never discovery, the resolver or the servers.
 
+pub mod fleet;
 pub mod journal;
 pub mod memory;
 pub mod schedule;

@@ -7,11 +7,13 @@
 //! never wait on the network for a cached domain. Never answers Postfix, never touches sockets.
 //!
 //! May import: `cache`, `discovery`, `key`, `policy`, `metrics`, `clock`. Inside: `decide`
-//! uses nothing of `run`; `run` applies `decide`; `refresh` drives `run`.
+//! uses nothing of `run`; `shared` (what the fleet's shared cache gets) reads `decide`'s types;
+//! `run` applies both; `refresh` drives `run`.
 
 pub mod decide;
 pub mod refresh;
 mod run;
+pub mod shared;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
