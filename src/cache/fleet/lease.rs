@@ -38,7 +38,17 @@ pub async fn acquire(client: &Client, key: &str, host: &str, duration: Duration)
         .await
     {
         Ok(Some(_)) => Lease::Acquired,
-        Ok(None) => Lease::HeldElsewhere,
+        // This host's own lease still running (a domain due twice within it) is no reason to
+        // skip: nobody else refreshes it.
+        Ok(None) => {
+            let mut get = redis::cmd("GET");
+            get.arg(key);
+            match client.run::<Option<String>>(&get).await {
+                Ok(Some(holder)) if holder == host => Lease::Acquired,
+                Ok(_) => Lease::HeldElsewhere,
+                Err(f) => Lease::Unavailable(f),
+            }
+        }
         Err(f) => Lease::Unavailable(f),
     }
 }
