@@ -204,7 +204,7 @@ impl Resolver {
     /// Cache state (one read lock) → discovery → decision → [`Resolver::apply`].
     async fn discover_and_apply(&self, domain: &str, shared_first: bool) -> Resolution {
         let state = self.cache.policy_state(domain);
-        if shared_first && let Some(r) = self.from_fleet(domain, state.as_ref()).await {
+        if shared_first && let Some(r) = self.ask_fleet(domain, state.as_ref()).await {
             return r;
         }
         let timing = self.timing();
@@ -410,7 +410,7 @@ impl Resolver {
     /// A miss with no valid policy cached asks the shared cache (within `[fleet] timeout`); a
     /// valid shared entry is taken like a fetched policy (journal first) unless a newer one is
     /// cached here. None: discover.
-    async fn from_fleet(&self, domain: &str, state: Option<&PolicyState>) -> Option<Resolution> {
+    async fn ask_fleet(&self, domain: &str, state: Option<&PolicyState>) -> Option<Resolution> {
         let fleet = self.fleet()?;
         if state.is_some_and(|s| s.entry.is_valid(self.clock.now())) {
             return None;
