@@ -568,6 +568,8 @@ impl Daemon {
             self.fleet_stop = Some(tx);
             self.tasks
                 .spawn(refresh::follow(self.resolver.clone(), fleet, stop_rx));
+        } else {
+            self.shared.metrics.fleet().set_up(false);
         }
     }
 

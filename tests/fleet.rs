@@ -484,3 +484,53 @@ async fn a_wrong_password_is_counted_as_auth_never_shown_and_a_reload_with_the_r
     assert_eq!(st["fleet"]["state"], "up", "{st}");
     a.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_server_refuses_the_publish_as_oom_and_lookups_go_on() {
+    if !redis_available() {
+        return;
+    }
+    let redis =
+        RedisServer::start(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]).await;
+    // Filled up to the limit, with ever smaller values: every later write is refused with OOM.
+    let mut c = redis.conn(None).await;
+    let mut full = false;
+    let mut n = 0;
+    for size in [256 << 10, 16 << 10, 1 << 10, 64] {
+        full = false;
+        for _ in 0..4096 {
+            n += 1;
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("filler{n}"))
+                .arg("x".repeat(size))
+                .query_async(&mut c)
+                .await;
+            if let Err(e) = r {
+                assert_eq!(e.code(), Some("OOM"), "{e}");
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the server never filled up");
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    let a = config(&w, "a", &fleet_section(&redis.url(), ""))
+        .start()
+        .await;
+    assert_eq!(a.ask("good.test").await, SECURE_GOOD);
+    let counters = a.daemon.resolver().metrics().fleet();
+    eventually("the publish refused as OOM", || {
+        counters.errors(FleetError::Oom) == 1
+    })
+    .await;
+    assert_eq!(counters.publishes(), (0, 1));
+    assert_eq!(redis.get(KEY_GOOD).await, None);
+    // The server answers reads: it is up, and the breaker stays closed.
+    let st = ctl(&w.dir().join("a.sock"), json!({"verb": "status"})).await;
+    assert_eq!(st["fleet"]["state"], "up", "{st}");
+    assert_eq!(st["fleet"]["breaker"], "closed", "{st}");
+    assert_eq!(a.ask("good.test").await, SECURE_GOOD);
+    a.daemon.shutdown().await;
+}

@@ -139,11 +139,14 @@ impl Client {
     /// Whether the breaker lets an operation through now.
     fn admit(&self) -> bool {
         let mut s = self.state();
+        let now = Instant::now();
         match s.open_until {
             None => true,
-            Some(t) if Instant::now() < t => false,
-            Some(_) if s.probing => false,
+            Some(t) if now < t => false,
+            // One probe; the breaker is armed again meanwhile, so that a probe whose caller
+            // went away cannot keep it open for ever.
             Some(_) => {
+                s.open_until = Some(now + OPEN_FOR);
                 s.probing = true;
                 true
             }
@@ -306,6 +309,15 @@ mod tests {
         assert!(!c.admit(), "only one probe at a time");
         c.failed(FleetError::Connection, "refused");
         assert!(!c.admit(), "a failed probe opens it again");
+        // A probe whose caller went away (no success, no failure): another one later.
+        tokio::time::advance(OPEN_FOR).await;
+        assert!(c.admit());
+        tokio::time::advance(OPEN_FOR).await;
+        assert!(
+            c.admit(),
+            "an abandoned probe does not keep the breaker open"
+        );
+        c.failed(FleetError::Timeout, "slow");
         tokio::time::advance(OPEN_FOR).await;
         assert!(c.admit());
         c.succeeded();

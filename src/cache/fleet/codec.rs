@@ -99,6 +99,7 @@ fn unix_seconds(t: SystemTime) -> u64 {
 /// The value for `domain`'s key.
 pub fn encode(domain: &str, shared: &Shared) -> String {
     let text;
+    let clean;
     let out = match shared {
         Shared::Policy { entry, checked } => {
             text = entry.policy.to_text();
@@ -114,17 +115,21 @@ pub fn encode(domain: &str, shared: &Shared) -> String {
                 until: None,
             }
         }
-        Shared::Negative { reason, until } => Out {
-            v: VERSION,
-            t: "negative",
-            d: domain,
-            id: None,
-            fetched: None,
-            checked: None,
-            policy: None,
-            reason: Some(truncate(reason, MAX_REASON)),
-            until: Some(unix_seconds(*until)),
-        },
+        Shared::Negative { reason, until } => {
+            // What the decoder accepts: short, no control characters.
+            clean = truncate(reason, MAX_REASON).replace(char::is_control, "?");
+            Out {
+                v: VERSION,
+                t: "negative",
+                d: domain,
+                id: None,
+                fetched: None,
+                checked: None,
+                policy: None,
+                reason: Some(&clean),
+                until: Some(unix_seconds(*until)),
+            }
+        }
     };
     // Plain strings and integers: serialising cannot fail.
     serde_json::to_string(&out).unwrap_or_default()
@@ -255,6 +260,22 @@ mod tests {
             decode("example.test", text.as_bytes(), now(), HOUR),
             Ok(Decoded::Entry(n))
         );
+    }
+
+    #[test]
+    fn a_long_reason_with_control_characters_is_cleaned_so_other_hosts_accept_it() {
+        let n = Shared::Negative {
+            reason: format!("bad record \"v=STSv1;\u{7}\n\" {}", "x".repeat(400)),
+            until: now() + HOUR,
+        };
+        let text = encode("example.test", &n);
+        let Ok(Decoded::Entry(Shared::Negative { reason, .. })) =
+            decode("example.test", text.as_bytes(), now(), HOUR)
+        else {
+            panic!("{text}")
+        };
+        assert_eq!(reason.len(), MAX_REASON);
+        assert!(reason.starts_with("bad record \"v=STSv1;??\""), "{reason}");
     }
 
     #[test]
