@@ -534,3 +534,69 @@ async fn a_full_server_refuses_the_publish_as_oom_and_lookups_go_on() {
     assert_eq!(a.ask("good.test").await, SECURE_GOOD);
     a.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redis_unix_socket_url_is_used() {
+    if !redis_available() {
+        return;
+    }
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock = sockdir.path().join("redis.sock");
+    let redis = RedisServer::start(&["--unixsocket", &sock.display().to_string()]).await;
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    let url = format!("redis+unix://{}", sock.display());
+    let a = config(&w, "a", &fleet_section(&url, "")).start().await;
+    assert_eq!(a.ask("good.test").await, SECURE_GOOD);
+    redis.wait_for(KEY_GOOD, |v| v.is_some()).await;
+    a.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_server_costs_a_miss_at_most_the_timeout_and_the_breaker_stops_asking() {
+    // Accepts connections and never answers: the slowest kind of broken server.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let w = World::start().await;
+    for i in 0..8 {
+        w.good_domain(
+            &format!("d{i}.test"),
+            "1",
+            &enforce_body(&[&format!("mx.d{i}.test")]),
+        )
+        .await;
+    }
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let a = config(&w, "a", &fleet_section(&url, "")).start().await;
+    for i in 0..8 {
+        let start = Instant::now();
+        let reply = a.ask(&format!("d{i}.test")).await;
+        let took = start.elapsed();
+        assert_eq!(
+            reply,
+            format!("OK secure match=mx.d{i}.test servername=hostname")
+        );
+        // The discovery on loopback takes milliseconds; the fleet adds at most its 50 ms.
+        assert!(took < Duration::from_millis(50 + 450), "d{i}: {took:?}");
+    }
+    let c = a.daemon.resolver().metrics().fleet();
+    assert!(
+        c.errors(FleetError::Timeout) >= 3,
+        "{}",
+        c.errors(FleetError::Timeout)
+    );
+    assert!(
+        c.lookups(FleetLookup::Skipped) >= 1,
+        "the breaker opened and later misses did not ask"
+    );
+    let st = ctl(&w.dir().join("a.sock"), json!({"verb": "status"})).await;
+    assert_eq!(st["fleet"]["state"], "down", "{st}");
+    a.daemon.shutdown().await;
+}

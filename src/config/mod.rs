@@ -6,8 +6,8 @@
 //!
 //! One file per concern: `raw` (the file as written, with defaults), `listen` (one listener
 //! section per registered protocol), `net` (`[dns]`, `[https]`), `maps` (`[maps.NAME]`),
-//! `runtime` (the daemon's own sections), `fleet` (`[fleet]`), `error`, and `redact` (URL credentials kept out of
-//! every message); each section has its own validation.
+//! `runtime` (the daemon's own sections), `fleet` (`[fleet]`), `error`, and `redact` (URL
+//! credentials kept out of every message); each section has its own validation.
 //! This file assembles them. `config/` may import `answer` (rendering profiles) and `proto` (the
 //! protocol registry) and nothing higher.
 

@@ -104,6 +104,16 @@ pub async fn everywhere(fleet: &Fleet, cmd: &Command) -> Result<u64, Failure> {
     Ok(broadcast(fleet, cmd).await?.saturating_sub(1))
 }
 
+/// A connection of its own subscribed to the channel.
+async fn connect(fleet: &Fleet, channel: &str) -> Result<redis::aio::PubSub, String> {
+    let mut ps = fleet.client.pubsub().await?;
+    match tokio::time::timeout(Duration::from_secs(2), ps.subscribe(channel)).await {
+        Ok(Ok(())) => Ok(ps),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("SUBSCRIBE timed out".into()),
+    }
+}
+
 /// Runs until `shutdown` turns true: subscribes to the channel (again after every lost
 /// connection) and hands every command from another host to `apply`.
 pub async fn listen(
@@ -115,42 +125,38 @@ pub async fn listen(
     let mut retry = FIRST_RETRY;
     let mut warned = false;
     loop {
-        match fleet.client.pubsub().await {
-            Ok(mut ps) => match ps.subscribe(&channel).await {
-                Ok(()) => {
-                    retry = FIRST_RETRY;
-                    if warned {
-                        info!(channel, "fleet channel subscribed again");
-                        warned = false;
-                    }
-                    let mut messages = ps.on_message();
-                    loop {
-                        let next = tokio::select! {
-                            m = messages.next() => m,
-                            _ = shutdown.wait_for(|s| *s) => return,
-                        };
-                        let Some(m) = next else {
-                            break;
-                        };
-                        match decode(m.get_payload_bytes()) {
-                            Ok((_, from)) if from == fleet.host() => {}
-                            Ok((cmd, from)) => {
-                                debug!(verb = cmd.verb(), from, "fleet command received");
-                                if apply.send(cmd).await.is_err() {
-                                    return;
-                                }
+        let connected = tokio::select! {
+            c = connect(&fleet, &channel) => c,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match connected {
+            Ok(mut ps) => {
+                retry = FIRST_RETRY;
+                if warned {
+                    info!(channel, "fleet channel subscribed again");
+                    warned = false;
+                }
+                let mut messages = ps.on_message();
+                loop {
+                    let next = tokio::select! {
+                        m = messages.next() => m,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    };
+                    let Some(m) = next else {
+                        break;
+                    };
+                    match decode(m.get_payload_bytes()) {
+                        Ok((_, from)) if from == fleet.host() => {}
+                        Ok((cmd, from)) => {
+                            debug!(verb = cmd.verb(), from, "fleet command received");
+                            if apply.send(cmd).await.is_err() {
+                                return;
                             }
-                            Err(e) => fleet.client.garbage(&format!("channel message: {e}")),
                         }
+                        Err(e) => fleet.client.garbage(&format!("channel message: {e}")),
                     }
                 }
-                Err(e) => {
-                    if !warned {
-                        warn!(channel, error = %e, "cannot subscribe to the fleet channel; retrying");
-                        warned = true;
-                    }
-                }
-            },
+            }
             Err(e) => {
                 if !warned {
                     warn!(
