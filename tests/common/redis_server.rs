@@ -32,6 +32,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    tls_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -47,6 +48,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls_port: None,
         };
         s.spawn().await;
         s
@@ -81,6 +83,16 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The same server, known to listen for TLS on `port` too (`--tls-port` in its arguments).
+    pub fn with_tls_port(mut self, port: u16) -> RedisServer {
+        self.tls_port = Some(port);
+        self
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("started with --tls-port")
     }
 
     pub fn url(&self) -> String {
