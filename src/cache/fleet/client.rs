@@ -325,6 +325,63 @@ mod tests {
         assert_eq!(c.health().up, Some(true));
     }
 
+    /// Log lines at info and above, for this (single-threaded) test.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn count(&self, needle: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_warning_when_the_server_becomes_unavailable_not_one_per_failure() {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
+        let c = client();
+        for _ in 0..3 {
+            for _ in 0..50 {
+                if c.admit() {
+                    c.failed(FleetError::Timeout, "slow");
+                }
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+        }
+        assert_eq!(logs.count("fleet cache unavailable"), 1);
+        c.succeeded();
+        c.succeeded();
+        assert_eq!(logs.count("fleet cache reachable again"), 1);
+        for _ in 0..TRIP_AFTER {
+            c.failed(FleetError::Connection, "refused");
+        }
+        assert_eq!(
+            logs.count("fleet cache unavailable"),
+            2,
+            "a new state change"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn garbage_and_a_full_server_do_not_open_the_breaker() {
         let c = client();
