@@ -600,3 +600,37 @@ async fn a_silent_server_costs_a_miss_at_most_the_timeout_and_the_breaker_stops_
     assert_eq!(st["fleet"]["state"], "down", "{st}");
     a.daemon.shutdown().await;
 }
+
+#[test]
+fn check_config_shows_the_fleet_but_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis.password");
+    std::fs::write(&pw, "hunter2-staple\n").unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cache]\ndir = \"{}\"\n[fleet]\nredis = \"redis://cache.example:6379/2\"\npassword_file = \"{}\"\n",
+            dir.path().join("state").display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-policyd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("fleet: redis://cache.example:6379/2, key_prefix \"mta-sts:\", timeout \"50ms\", password from"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}

@@ -82,6 +82,18 @@ pub(super) fn check_config(config: &Config) -> ExitCode {
     if let Some(m) = config.metrics_listen {
         println!("metrics: inet:{m}");
     }
+    if let Some(f) = &config.fleet {
+        // The password file's name only, never its content.
+        println!(
+            "fleet: {}, key_prefix {:?}, timeout {}, password {}",
+            f.redis,
+            f.key_prefix,
+            dur(f.timeout),
+            f.password_file
+                .as_ref()
+                .map_or("none".to_string(), |p| format!("from {}", p.display()))
+        );
+    }
     if let Err(e) = net_source(config) {
         return fail(EX_CONFIG, e);
     }
