@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dane;
 pub mod discovery;
 pub mod key;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! Discovery: everything that asks the network about a domain's MTA-STS policy.
+//! Discovery: everything that asks the network about a domain's MTA-STS policy and its DANE
+//! state.
 //!
 //! Owns the failure vocabulary (`error.rs`, a leaf: [`DnsError`] and [`FetchError`], their
 //! messages, labels and metrics outcomes), the [`PolicySource`] seam (`source.rs`: the trait and
@@ -6,13 +7,16 @@
 //! only user of hickory), the real HTTPS edge (`https.rs`, the only user of hyper's client and
 //! rustls) with the internal-address block of direct fetches (`address.rs`, a leaf), the real
 //! source that joins them (`net.rs`) and one discovery run over any source (`discover.rs`: TXT
-//! record, fetch, RFC 8461 parse).
+//! record, fetch, RFC 8461 parse). For DANE (RFC 7672): the [`DaneSource`] seam with one DANE
+//! discovery over it (`dane.rs`, judged by the pure rules of `crate::dane`) and the real source
+//! that asks the validating resolver and reads its `AD` bit (`dnssec.rs`).
 //!
-//! May import: `policy`, `config`, `metrics`, `clock`. Never the cache, the resolver or anything
-//! that serves. Inside: `error` ← `source` ← `dns` ← `https` ← `net`, and `address` ← `https`;
-//! `discover` uses `error` and `source` only.
+//! May import: `policy`, `dane`, `config`, `metrics`, `clock`. Never the cache, the resolver or
+//! anything that serves. Inside: `error` ← `source` ← `dns` ← `https` ← `net`, and `address` ←
+//! `https`; `discover` uses `error` and `source` only; `source` ← `dane` ← `dnssec`.
 
 mod address;
+pub mod dane;
 mod discover;
 pub mod dns;
 mod error;
@@ -20,6 +24,7 @@ pub mod https;
 pub mod net;
 pub mod source;
 
+pub use dane::{DaneDiscovery, DaneSource, discover_dane};
 pub use discover::{Discovery, FetchFailure, Known, Outcome, discover};
 pub use error::{DnsError, FetchError};
 pub use net::NetSource;
