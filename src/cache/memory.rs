@@ -279,6 +279,11 @@ impl Cache {
         }
     }
 
+    /// `cache.max_entries`.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Counts evictions of unexpired policies in `metrics` too.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Cache {
         self.metrics = Some(metrics);

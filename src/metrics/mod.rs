@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod dane;
 mod exposition;
+
+pub use dane::{DANE_OUTCOMES, DaneMetrics, LEVELS};
 
 pub use exposition::{CONTENT_TYPE, escape_label};
 use exposition::{Family, Kind, Value};
@@ -173,6 +176,8 @@ pub struct Gauges {
     pub connections: u64,
     /// 1 while the policy journal cannot be written (policies are then kept in memory only).
     pub journal_read_only: u64,
+    /// Unexpired DANE states by verdict, in [`DANE_OUTCOMES`] order (`failed` excluded).
+    pub dane_entries: [u64; 6],
 }
 
 /// The registry. Create once and share as `Arc<Metrics>`.
@@ -195,6 +200,8 @@ pub struct Metrics {
     evictions: AtomicU64,
     store_write_errors: AtomicU64,
     connections_evicted: AtomicU64,
+    /// DANE answers, discoveries and states.
+    pub dane: DaneMetrics,
 }
 
 impl Default for Metrics {
@@ -234,6 +241,7 @@ impl Metrics {
             evictions: AtomicU64::new(0),
             store_write_errors: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
+            dane: DaneMetrics::default(),
         }
     }
 
@@ -472,6 +480,8 @@ impl Metrics {
                 Value::Count(g.connections),
             ));
         }
+        self.dane
+            .families(gauges.map(|g| &g.dane_entries), &mut out);
         out
     }
 
@@ -542,6 +552,9 @@ mod tests {
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
                 "# TYPE mta_sts_journal_read_only gauge",
                 "# TYPE mta_sts_connections gauge",
+                "# TYPE mta_sts_answers_by_level_total counter",
+                "# TYPE mta_sts_dane_discoveries_total counter",
+                "# TYPE mta_sts_dane_entries gauge",
             ]
         );
         assert!(text.contains(
@@ -834,6 +847,7 @@ mod tests {
             expiring_within_day: 1,
             connections: 4,
             journal_read_only: 1,
+            dane_entries: [5, 4, 3, 2, 1, 0],
         };
         let text = m.render(&g);
         for (series, v) in [
