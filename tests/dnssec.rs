@@ -105,6 +105,41 @@ async fn world_ad_bit_follows_the_signed_suffix() {
     ));
 }
 
+/// The world answers like a validating resolver: `AD` only to a query that asks for it, with
+/// `AD=1` or `DO=1` (RFC 6840 §5.7).
+#[tokio::test]
+async fn world_sets_ad_only_when_the_query_asks_for_it() {
+    use hickory_resolver::net::DnsHandle;
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::net::udp::UdpClientStream;
+    use hickory_resolver::net::xfer::FirstAnswer;
+    use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Query};
+    use hickory_resolver::proto::rr::{Name, RecordType};
+
+    let w = World::start().await;
+    w.sign("sec.test");
+    w.set_mx("sec.test", &[(10, "mx.sec.test")]).await;
+    let ask = |ad: bool, dnssec_ok: bool| {
+        let addr = w.dns_addr();
+        async move {
+            let mut options = DnsRequestOptions::default();
+            options.edns_set_dnssec_ok = dnssec_ok;
+            let query = Query::query(Name::from_ascii("sec.test.").unwrap(), RecordType::MX);
+            let mut request = DnsRequest::from_query(query, options);
+            request.metadata.authentic_data = ad;
+            let client = UdpClientStream::builder(addr, TokioRuntimeProvider::default())
+                .with_timeout(Some(Duration::from_secs(3)))
+                .exchange();
+            let answer = client.send(request).first_answer().await.unwrap();
+            assert_eq!(answer.answers.len(), 1);
+            answer.metadata.authentic_data
+        }
+    };
+    assert!(!ask(false, false).await);
+    assert!(ask(true, false).await);
+    assert!(ask(false, true).await);
+}
+
 #[tokio::test]
 async fn world_addresses_join_a_and_aaaa() {
     let w = World::start().await;
