@@ -260,17 +260,7 @@ impl Unbound {
                 "unbound.conf",
                 &config(d, port, silent_port, &root_file, &test_file, &signed_file),
             );
-            let bin = program("unbound").expect("Unbound: unbound not found");
-            let log = std::fs::File::create(d.join("unbound.log")).expect("Unbound: log file");
-            let mut child = Command::new(bin)
-                .args(["-d", "-c"])
-                .arg(d.join("unbound.conf"))
-                .current_dir(d)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("Unbound: log file"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("Unbound: cannot start unbound: {e}"));
+            let mut child = spawn(d);
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             if wait_ready(&mut child, addr) {
                 eprintln!("unbound on {addr} ready in {:?}", started.elapsed());
@@ -299,6 +289,40 @@ impl Unbound {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default()
     }
+}
+
+/// Starts unbound on `dir/unbound.conf`, logging to `dir/unbound.log`. From a copy of the binary
+/// when possible: Debian and Ubuntu ship an AppArmor profile for `/usr/sbin/unbound` that
+/// forbids reading a temporary directory; a copy elsewhere is not confined by it. The original
+/// when the copy cannot run (a `noexec` temporary directory).
+fn spawn(dir: &Path) -> Child {
+    let bin = program("unbound").expect("Unbound: unbound not found");
+    let copy = dir.join("unbound-bin");
+    let candidates = if std::fs::copy(&bin, &copy).is_ok() {
+        vec![copy, bin]
+    } else {
+        vec![bin]
+    };
+    let mut last = None;
+    for b in candidates {
+        let log = std::fs::File::create(dir.join("unbound.log")).expect("Unbound: log file");
+        match Command::new(&b)
+            .args(["-d", "-c"])
+            .arg(dir.join("unbound.conf"))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("Unbound: log file"))
+            .stderr(log)
+            .spawn()
+        {
+            Ok(child) => return child,
+            Err(e) => last = Some(format!("{}: {e}", b.display())),
+        }
+    }
+    panic!(
+        "Unbound: cannot start unbound: {}",
+        last.unwrap_or_default()
+    )
 }
 
 fn config(dir: &Path, port: u16, silent_port: u16, root: &str, test: &str, signed: &str) -> String {
