@@ -79,7 +79,8 @@ impl Shared {
     /// Gauges for a scrape or `ctl stats`: a pass over the cache under its read lock (about
     /// 10 ms per million entries), so it is done on request, never per lookup.
     pub fn gauges(&self) -> metrics::Gauges {
-        let c = self.resolver.cache().counts(self.resolver.clock().now());
+        let cache = self.resolver.cache();
+        let c = cache.counts(self.resolver.clock().now());
         metrics::Gauges {
             entries_enforce: c.enforce,
             entries_testing: c.testing,
@@ -92,6 +93,7 @@ impl Shared {
                     .store()
                     .is_some_and(|s| s.stats().read_only.is_some()),
             ),
+            cache_max_entries: u64::try_from(cache.capacity()).unwrap_or(u64::MAX),
         }
     }
 }
