@@ -34,6 +34,7 @@ async fn start() -> Server {
         connections: 7,
         journal_read_only: 0,
         dane_entries: [4, 3, 0, 0, 0, 0],
+        cache_max_entries: 100,
     });
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(serve(listener, metrics.clone(), gauges, rx));
@@ -288,6 +289,8 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     assert_eq!(get("mta_sts_connections_evicted_total", &[]), 2.0);
     assert_eq!(types["mta_sts_connections_evicted_total"], "counter");
     assert_eq!(get("mta_sts_policies_expiring_within_day", &[]), 1.0);
+    assert_eq!(get("mta_sts_cache_max_entries", &[]), 100.0);
+    assert_eq!(types["mta_sts_cache_max_entries"], "gauge");
     assert_eq!(get("mta_sts_lookup_duration_seconds_count", &[]), 2.0);
     assert_eq!(
         get(

@@ -279,11 +279,6 @@ impl Cache {
         }
     }
 
-    /// `cache.max_entries`.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Counts evictions of unexpired policies in `metrics` too.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Cache {
         self.metrics = Some(metrics);
@@ -552,6 +547,11 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `cache.max_entries`, the most entries held before new domains evict old ones.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Entries by kind at `now`, for metrics and status: expired entries are not counted.

@@ -178,6 +178,8 @@ pub struct Gauges {
     pub journal_read_only: u64,
     /// Unexpired DANE states by verdict, in [`DANE_OUTCOMES`] order (`failed` excluded).
     pub dane_entries: [u64; 6],
+    /// `cache.max_entries`: what the entries are compared with to see the cache filling up.
+    pub cache_max_entries: u64,
 }
 
 /// The registry. Create once and share as `Arc<Metrics>`.
@@ -328,7 +330,7 @@ impl Metrics {
     /// `gauges` is given.
     fn families(&self, gauges: Option<&Gauges>) -> Vec<Family> {
         let load = |a: &AtomicU64| Value::Count(a.load(Ordering::Relaxed));
-        let mut out = Vec::with_capacity(14);
+        let mut out = Vec::with_capacity(15);
 
         let mut lookups = Family::new(
             "mta_sts_lookups_total",
@@ -462,6 +464,12 @@ impl Metrics {
             }
             out.push(entries);
             out.push(Family::single(
+                "mta_sts_cache_max_entries",
+                "The configured cache.max_entries: past it, new domains evict old entries.",
+                Kind::Gauge,
+                Value::Count(g.cache_max_entries),
+            ));
+            out.push(Family::single(
                 "mta_sts_policies_expiring_within_day",
                 "Cached policies whose max_age ends within 24 hours.",
                 Kind::Gauge,
@@ -549,6 +557,7 @@ mod tests {
                 "# TYPE mta_sts_store_write_errors_total counter",
                 "# TYPE mta_sts_connections_evicted_total counter",
                 "# TYPE mta_sts_cache_entries gauge",
+                "# TYPE mta_sts_cache_max_entries gauge",
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
                 "# TYPE mta_sts_journal_read_only gauge",
                 "# TYPE mta_sts_connections gauge",
@@ -615,6 +624,7 @@ mod tests {
             "mta_sts_cache_entries{mode=\"testing\"}",
             "mta_sts_cache_entries{mode=\"none\"}",
             "mta_sts_cache_entries{mode=\"negative\"}",
+            "mta_sts_cache_max_entries",
             "mta_sts_policies_expiring_within_day",
             "mta_sts_connections",
             "mta_sts_journal_read_only",
@@ -848,6 +858,7 @@ mod tests {
             connections: 4,
             journal_read_only: 1,
             dane_entries: [5, 4, 3, 2, 1, 0],
+            cache_max_entries: 1_000_000,
         };
         let text = m.render(&g);
         for (series, v) in [
@@ -869,6 +880,7 @@ mod tests {
             ("mta_sts_policies_expiring_within_day", "1"),
             ("mta_sts_connections", "4"),
             ("mta_sts_journal_read_only", "1"),
+            ("mta_sts_cache_max_entries", "1000000"),
         ] {
             assert_eq!(value(&text, series), v, "{series}");
         }

@@ -94,6 +94,7 @@ impl Shared {
         {
             dane_entries[i] = *n;
         }
+        let cache = self.resolver.cache();
         metrics::Gauges {
             entries_enforce: c.enforce,
             entries_testing: c.testing,
@@ -107,6 +108,7 @@ impl Shared {
                     .is_some_and(|s| s.stats().read_only.is_some()),
             ),
             dane_entries,
+            cache_max_entries: u64::try_from(cache.capacity()).unwrap_or(u64::MAX),
         }
     }
 }
