@@ -233,6 +233,7 @@ fn dashboard_has_stable_ids_the_rows_and_a_query_per_panel() {
             (300, "Discovery"),
             (400, "Journal"),
             (500, "Connections"),
+            (600, "DANE"),
         ]
     );
     let mut ids = BTreeSet::new();
