@@ -283,6 +283,18 @@ async fn ctl_shows_the_dane_state_and_lists_by_level() {
     let m = &stats["metrics"];
     assert_eq!(m[r#"mta_sts_answers_by_level_total{level="dane-only"}"#], 1);
     assert_eq!(m[r#"mta_sts_dane_entries{verdict="dane"}"#], 1);
+    let status = ctl(&sock, json!({"verb": "status"})).await;
+    assert_eq!(status["dane_states"], 2);
+
+    // evict and purge take the DANE state with them (memory and journal).
+    let e = ctl(&sock, json!({"verb": "evict", "domain": "shown.test"})).await;
+    assert_eq!(e["evicted"], true);
+    let show = ctl(&sock, json!({"verb": "show", "domain": "shown.test"})).await;
+    assert!(show.get("dane").is_none(), "{show}");
+    let p = ctl(&sock, json!({"verb": "purge", "yes": true})).await;
+    assert_eq!(p["purged"], 2, "half.test's policy and DANE state");
+    let list = ctl(&sock, json!({"verb": "list", "mode": "dane"})).await;
+    assert_eq!(list["count"], 0);
     d.daemon.shutdown().await;
 }
 

@@ -46,6 +46,11 @@ impl DaneMetrics {
         self.discoveries[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one found `secure` (MTA-STS) answer: the hit path's call, one relaxed add.
+    pub fn secure(&self) {
+        self.levels[0].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one found answer by its Postfix level (one of [`LEVELS`]).
     pub fn level(&self, level: &str) {
         if let Some(i) = LEVELS.iter().position(|l| *l == level) {

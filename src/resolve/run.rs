@@ -372,6 +372,11 @@ impl Resolver {
                 n += 1;
             }
         }
+        for (destination, _) in self.dane.cache().views() {
+            if self.dane.evict(&destination) {
+                n += 1;
+            }
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.flush().await
         {

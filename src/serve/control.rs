@@ -316,6 +316,7 @@ fn status(ctl: &Control) -> Value {
             "none": c.entries_none,
             "negative": c.entries_negative,
         },
+        "dane_states": c.dane_entries.iter().sum::<u64>(),
         "expiring_within_day": c.expiring_within_day,
         "connections": c.connections,
         "journal": {"bytes": st.journal_bytes, "records": st.journal_records, "live": st.live,

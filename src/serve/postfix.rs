@@ -383,7 +383,10 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Conf
         (reply_for(&lookup, profile, fits), None)
     };
     if let Reply::Found(_) = &reply {
-        shared.metrics.dane.level(level.unwrap_or("secure"));
+        match level {
+            Some(l) => shared.metrics.dane.level(l),
+            None => shared.metrics.dane.secure(),
+        }
     }
     let (mp, answer) = (
         protocol,
