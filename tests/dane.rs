@@ -379,3 +379,36 @@ async fn query_shows_both_states_and_the_answer_per_map() {
         "{text}"
     );
 }
+
+/// A `dane = true` map with a resolver that does not validate: the daemon says so at start,
+/// at warn, naming the resolver; with a validating one it says that instead.
+#[tokio::test]
+async fn the_daemon_warns_at_start_when_the_resolver_does_not_validate() {
+    let w = World::start().await;
+    let cfg = w.dir().join("dane.toml");
+    std::fs::write(&cfg, config_text(&w, DANE_MAP)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_mta-sts-policyd");
+    let (mut child, _addr, rx) =
+        tokio::task::spawn_blocking(move || common::harness::serve_child(bin, &cfg))
+            .await
+            .unwrap();
+    let want = format!("{}", w.dns_addr());
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("does not validate DNSSEC") => return Some(l),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = found.expect("a warning that the resolver does not validate");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&want), "names the resolver: {line}");
+}
