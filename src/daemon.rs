@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::cache::Cache;
+use crate::cache::fleet::{Fleet, Settings as FleetSettings};
 use crate::cache::journal::Store;
 use crate::clock::Clock;
 use crate::config::{Config, ListenAddr};
@@ -117,6 +118,9 @@ pub struct Daemon {
     /// Ends connections, refresh, metrics and the control socket.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Ends the task applying the fleet's operator channel (replaced when a reload changes
+    /// `[fleet]`).
+    fleet_stop: Option<watch::Sender<bool>>,
 }
 
 /// Why the daemon could not start, each kind with the exit status (sysexits.h) `serve` ends
@@ -249,6 +253,8 @@ impl Daemon {
             })?),
             None => None,
         };
+        // Before privileges are dropped: the password file may be readable by root only.
+        let fleet_settings = fleet_settings(&config).map_err(StartError::Config)?;
         let control_group = match &config.control.group {
             Some(name) => Some((
                 name.clone(),
@@ -322,6 +328,11 @@ impl Daemon {
         )
         .with_store(store.clone())
         .with_metrics(metrics.clone());
+        let fleet = match fleet_settings {
+            Some(s) => Some(Fleet::new(s, metrics.clone()).map_err(StartError::Config)?),
+            None => None,
+        };
+        let resolver = resolver.with_fleet(fleet);
         let resolver = match opts.dane.or_else(|| dane_source(&config)) {
             Some(source) => resolver.with_dane_source(source),
             None => resolver,
@@ -373,7 +384,9 @@ impl Daemon {
             listeners_view: Arc::new(RwLock::new(Vec::new())),
             shutdown: tx,
             tasks: JoinSet::new(),
+            fleet_stop: None,
         };
+        daemon.follow_fleet();
         for (protocol, configured, listener) in listeners {
             daemon.spawn_listener(protocol, configured, listener)?;
         }
@@ -525,10 +538,28 @@ impl Daemon {
             }
         }
 
+        // `[fleet]`, and the password file read again: a changed one reconnects.
+        let fleet = match fleet_settings(&new)? {
+            Some(s) => match self.resolver.fleet() {
+                Some(f) if f.same_settings(&s) => Some(f),
+                _ => Some(Fleet::new(s, self.shared.metrics.clone())?),
+            },
+            None => None,
+        };
+        let fleet_changed = match (&fleet, self.resolver.fleet()) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, &b),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+
         let new = Arc::new(new);
         self.shared.set_config(new.clone());
         self.resolver.reconfigure(source, settings(&new));
         self.resolver.dane().set_source(dane_source(&new));
+        if fleet_changed {
+            self.resolver.set_fleet(fleet);
+            self.follow_fleet();
+            notes.push("[fleet] applied".into());
+        }
 
         let mut removed = 0;
         self.running.retain(|r| {
@@ -569,6 +600,31 @@ impl Daemon {
         );
         info!("{summary}");
         Ok(summary)
+    }
+
+    /// (Re)starts the task that applies the fleet's operator channel, if in a fleet.
+    fn follow_fleet(&mut self) {
+        if let Some(stop) = self.fleet_stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(fleet) = self.resolver.fleet() {
+            info!(redis = fleet.redis(), "fleet cache in use");
+            let (tx, rx) = watch::channel(false);
+            let mut all = self.shutdown.subscribe();
+            let mut mine = rx.clone();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            // Ends with the daemon or when replaced, whichever comes first.
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = all.wait_for(|s| *s) => {}
+                    _ = mine.wait_for(|s| *s) => {}
+                }
+                let _ = stop_tx.send(true);
+            });
+            self.fleet_stop = Some(tx);
+            self.tasks
+                .spawn(refresh::follow(self.resolver.clone(), fleet, stop_rx));
+        }
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -737,6 +793,32 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             )
         }
     })
+}
+
+/// The fleet's settings from `[fleet]`, with the password read from its file (first line);
+/// None when `[fleet]` is off. The error names the file, never its content.
+fn fleet_settings(config: &Config) -> Result<Option<FleetSettings>, String> {
+    let Some(f) = &config.fleet else {
+        return Ok(None);
+    };
+    let password = match &f.password_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("fleet.password_file: {}: {e}", p.display()))?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        None => None,
+    };
+    Ok(Some(FleetSettings {
+        redis: f.redis.clone(),
+        password,
+        key_prefix: f.key_prefix.clone(),
+        timeout: f.timeout,
+        // Longer than one discovery can take (both timeouts), so that a lease holder's result
+        // is published before the lease ends.
+        lease: config.lookup_deadline() + Duration::from_secs(5),
+        max_negative: config.cache.negative_ttl,
+    }))
 }
 
 fn settings(config: &Config) -> Settings {

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_sts_policyd::metrics::{Answer, GaugeFn, Gauges, Metrics, Outcome, Protocol};
+use mta_sts_policyd::metrics::{
+    Answer, FleetError, FleetLookup, GaugeFn, Gauges, Metrics, Outcome, Protocol,
+};
 use mta_sts_policyd::serve::metrics_http::{MAX_REQUEST_HEAD, REQUEST_TIMEOUT, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -167,6 +169,9 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     srv.metrics.refresh(true);
     srv.metrics.connection_evicted();
     srv.metrics.connection_evicted();
+    srv.metrics.fleet().lookup(FleetLookup::Hit);
+    srv.metrics.fleet().error(FleetError::Oom);
+    srv.metrics.fleet().publish(false);
 
     let resp = exchange(srv.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (head, body) = split(&resp);
@@ -291,6 +296,22 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     assert_eq!(get("mta_sts_policies_expiring_within_day", &[]), 1.0);
     assert_eq!(get("mta_sts_cache_max_entries", &[]), 100.0);
     assert_eq!(types["mta_sts_cache_max_entries"], "gauge");
+    assert_eq!(
+        get("mta_sts_fleet_lookups_total", &[("result", "hit")]),
+        1.0
+    );
+    assert_eq!(
+        get("mta_sts_fleet_lookups_total", &[("result", "miss")]),
+        0.0
+    );
+    assert_eq!(get("mta_sts_fleet_errors_total", &[("kind", "oom")]), 1.0);
+    assert_eq!(get("mta_sts_fleet_errors_total", &[("kind", "auth")]), 0.0);
+    assert_eq!(
+        get("mta_sts_fleet_publishes_total", &[("result", "failed")]),
+        1.0
+    );
+    assert_eq!(get("mta_sts_fleet_up", &[]), 0.0);
+    assert_eq!(types["mta_sts_fleet_up"], "gauge");
     assert_eq!(get("mta_sts_lookup_duration_seconds_count", &[]), 2.0);
     assert_eq!(
         get(

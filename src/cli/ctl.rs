@@ -39,11 +39,18 @@ pub enum CtlVerb {
         /// Every cached policy (bounded by [refresh] concurrency).
         #[arg(long)]
         all: bool,
+        /// With [fleet]: this daemon only, not every daemon of the fleet.
+        #[arg(long)]
+        local: bool,
     },
     /// Remove one domain from the cache and the journal.
     Evict {
         /// The policy domain to forget; the next lookup discovers it again.
         domain: String,
+        /// With [fleet]: this daemon only (its next lookup may take the shared entry), not
+        /// every daemon of the fleet and the shared entry.
+        #[arg(long)]
+        local: bool,
     },
     /// Remove every entry.
     Purge {
@@ -51,6 +58,9 @@ pub enum CtlVerb {
         /// are fetched again.
         #[arg(long)]
         yes: bool,
+        /// With [fleet]: this daemon only, not every daemon of the fleet and the shared cache.
+        #[arg(long)]
+        local: bool,
     },
     /// Every cached policy as JSON lines (for `import` on another host).
     Export,
@@ -99,15 +109,24 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
             )
         }
         CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
-        CtlVerb::Refresh { domain, all } => match (domain, all) {
+        CtlVerb::Refresh { domain, all, local } => match (domain, all) {
             (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
-            (Some(d), false) => ("refresh", json!({"verb": "refresh", "domain": d})),
+            (Some(d), false) => (
+                "refresh",
+                json!({"verb": "refresh", "domain": d, "local": local}),
+            ),
             (None, false) => {
                 return fail(EX_USAGE, "ctl refresh DOMAIN, or ctl refresh --all");
             }
         },
-        CtlVerb::Evict { domain } => ("evict", json!({"verb": "evict", "domain": domain})),
-        CtlVerb::Purge { yes } => ("purge", json!({"verb": "purge", "yes": yes})),
+        CtlVerb::Evict { domain, local } => (
+            "evict",
+            json!({"verb": "evict", "domain": domain, "local": local}),
+        ),
+        CtlVerb::Purge { yes, local } => (
+            "purge",
+            json!({"verb": "purge", "yes": yes, "local": local}),
+        ),
         CtlVerb::Export => ("export", json!({"verb": "export"})),
         CtlVerb::Import { file } => {
             let text = match &file {

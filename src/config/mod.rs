@@ -6,7 +6,7 @@
 //!
 //! One file per concern: `raw` (the file as written, with defaults), `listen` (one listener
 //! section per registered protocol), `net` (`[dns]`, `[https]`), `maps` (`[maps.NAME]`),
-//! `runtime` (the daemon's own sections), `error`, and `redact` (URL credentials kept out of
+//! `runtime` (the daemon's own sections), `fleet` (`[fleet]`), `error`, and `redact` (URL credentials kept out of
 //! every message); each section has its own validation.
 //! This file assembles them. `config/` may import `answer` (rendering profiles) and `proto` (the
 //! protocol registry) and nothing higher.
@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::proto::Protocol;
 
 mod error;
+mod fleet;
 mod listen;
 mod maps;
 mod net;
@@ -26,6 +27,7 @@ mod redact;
 mod runtime;
 
 pub use error::ConfigError;
+pub use fleet::FleetConfig;
 pub use listen::{ListenAddr, Listeners, ProtocolSection};
 pub use maps::{DEFAULT_MAP, MapProfile, OnLookupError};
 pub use net::{DnsConfig, HttpsConfig, Proxy};
@@ -57,6 +59,8 @@ pub struct Config {
     pub control: ControlConfig,
     pub daemon: DaemonConfig,
     pub limits: Limits,
+    /// `[fleet]`: the shared Redis/Valkey cache; None when off.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {
@@ -175,6 +179,7 @@ impl Config {
             control: runtime::validate_control(&ctx, r.control)?,
             daemon: runtime::validate_daemon(r.daemon),
             limits: runtime::validate_limits(&ctx, r.limits)?,
+            fleet: fleet::validate_fleet(&ctx, r.fleet)?,
         })
     }
 }
@@ -326,7 +331,7 @@ mod tests {
         assert!(
             s.ends_with(
                 "unknown field `bogus`, expected one of `socketmap`, `tcp_table`, `dns`, `https`, \
-                 `maps`, `cache`, `refresh`, `metrics`, `log`, `control`, `daemon`, `limits`"
+                 `maps`, `cache`, `refresh`, `metrics`, `log`, `control`, `daemon`, `limits`, `fleet`"
             ),
             "{s}"
         );

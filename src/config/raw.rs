@@ -38,11 +38,13 @@ pub(super) struct RawConfig {
     pub control: RawControl,
     pub daemon: RawDaemon,
     pub limits: RawLimits,
+    pub fleet: RawFleet,
 }
 
 /// The keys of [`RawConfig`], in field order (serde does not expose them).
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "dns", "https", "maps", "cache", "refresh", "metrics", "log", "control", "daemon", "limits",
+    "fleet",
 ];
 
 /// One protocol's section (`[socketmap]`, `[tcp_table]` ...); None where the key is absent.
@@ -239,6 +241,27 @@ impl Default for RawLimits {
 }
 
 /// Every top-level key a file may use: the protocols in registry order, then [`SECTIONS`].
+/// `[fleet]`: the shared second-level cache on Redis/Valkey, off while `redis` is empty.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawFleet {
+    pub redis: String,
+    pub password_file: Option<PathBuf>,
+    pub key_prefix: String,
+    pub timeout: String,
+}
+
+impl Default for RawFleet {
+    fn default() -> Self {
+        RawFleet {
+            redis: String::new(),
+            password_file: None,
+            key_prefix: "mta-sts:".to_string(),
+            timeout: "50ms".to_string(),
+        }
+    }
+}
+
 fn all_sections() -> &'static [&'static str] {
     static ALL: OnceLock<&'static [&'static str]> = OnceLock::new();
     ALL.get_or_init(|| {

@@ -11,6 +11,8 @@
 //! series; within the histogram, `_count` and every `_bucket` come from the same bucket loads, so
 //! they always agree with each other.
 //!
+//! The shared fleet cache's series live in `fleet.rs`.
+//!
 //! A leaf layer: may import only `proto::Protocol` (for the `protocol` label) from the crate.
 
 use std::collections::BTreeMap;
@@ -19,11 +21,13 @@ use std::time::Duration;
 
 mod dane;
 mod exposition;
+mod fleet;
 
 pub use dane::{DANE_OUTCOMES, DaneMetrics, LEVELS};
 
 pub use exposition::{CONTENT_TYPE, escape_label};
 use exposition::{Family, Kind, Value};
+pub use fleet::{FleetCounters, FleetError, FleetLookup};
 
 /// The map name unknown map names are counted under.
 pub const OTHER_MAP: &str = "other";
@@ -204,6 +208,7 @@ pub struct Metrics {
     connections_evicted: AtomicU64,
     /// DANE answers, discoveries and states.
     pub dane: DaneMetrics,
+    fleet: FleetCounters,
 }
 
 impl Default for Metrics {
@@ -244,6 +249,7 @@ impl Metrics {
             store_write_errors: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             dane: DaneMetrics::default(),
+            fleet: FleetCounters::default(),
         }
     }
 
@@ -324,6 +330,11 @@ impl Metrics {
     /// Counts an idle Postfix connection closed to admit a new client at the connection cap.
     pub fn connection_evicted(&self) {
         self.connections_evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The shared fleet cache's counters (`[fleet]`).
+    pub fn fleet(&self) -> &FleetCounters {
+        &self.fleet
     }
 
     /// Every family with its current samples, in render order. Gauge families only when
@@ -447,6 +458,7 @@ impl Metrics {
             Kind::Counter,
             load(&self.connections_evicted),
         ));
+        out.extend(self.fleet.counter_families());
 
         if let Some(g) = gauges {
             let mut entries = Family::new(
@@ -481,6 +493,7 @@ impl Metrics {
                 Kind::Gauge,
                 Value::Count(g.journal_read_only),
             ));
+            out.push(self.fleet.up_family());
             out.push(Family::single(
                 "mta_sts_connections",
                 "Open socketmap and tcp_table client connections.",
@@ -556,10 +569,15 @@ mod tests {
                 "# TYPE mta_sts_evictions_total counter",
                 "# TYPE mta_sts_store_write_errors_total counter",
                 "# TYPE mta_sts_connections_evicted_total counter",
+                "# TYPE mta_sts_fleet_lookups_total counter",
+                "# TYPE mta_sts_fleet_publishes_total counter",
+                "# TYPE mta_sts_fleet_errors_total counter",
+                "# TYPE mta_sts_fleet_refreshes_left_total counter",
                 "# TYPE mta_sts_cache_entries gauge",
                 "# TYPE mta_sts_cache_max_entries gauge",
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
                 "# TYPE mta_sts_journal_read_only gauge",
+                "# TYPE mta_sts_fleet_up gauge",
                 "# TYPE mta_sts_connections gauge",
                 "# TYPE mta_sts_answers_by_level_total counter",
                 "# TYPE mta_sts_dane_discoveries_total counter",

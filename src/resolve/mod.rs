@@ -8,13 +8,15 @@
 //! `dane.rs` does the same for DANE states (RFC 7672): cached, discovered once per destination,
 //! refreshed before their TTL runs out.
 //!
-//! May import: `cache`, `discovery`, `dane`, `key`, `policy`, `metrics`, `clock`. Inside: `decide`
-//! uses nothing of `run`; `run` applies `decide`; `refresh` drives `run`.
+//! May import: `cache`, `discovery`, `dane`, `key`, `policy`, `metrics`, `clock`. Inside:
+//! `decide` uses nothing of `run`; `shared` (what the fleet's shared cache gets) reads `decide`'s
+//! types; `run` applies both; `refresh` drives `run`; `dane` is the DANE side, on its own.
 
 pub mod dane;
 pub mod decide;
 pub mod refresh;
 mod run;
+pub mod shared;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

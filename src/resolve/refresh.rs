@@ -4,15 +4,18 @@
 //!
 //! The resolver keeps the schedule (next check per domain) and the rules for applying results;
 //! this task only waits for the next due domain and runs at most `concurrency` discoveries at once.
+//! In a fleet, [`due`] first lets another host's recent refresh or its lease stand for this one.
 //! [`sweep`] is the task that takes expired entries out of memory, a bounded slice per minute.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, warn};
 
+use crate::cache::fleet::{Command, Fleet, Found, Lease, Shared, channel};
+use crate::key;
 use crate::resolve::{Due, Resolver};
 
 /// Re-read the schedule at least this often, so a wall-clock jump is noticed.
@@ -48,7 +51,7 @@ pub async fn run(resolver: Arc<Resolver>, concurrency: usize, mut shutdown: watc
                 tasks.spawn(async move {
                     let _permit = permit;
                     debug!(domain, "refreshing");
-                    r.refresh(&domain).await;
+                    due(&r, &domain).await;
                 });
                 continue;
             }
@@ -65,6 +68,65 @@ pub async fn run(resolver: Arc<Resolver>, concurrency: usize, mut shutdown: watc
         }
     }
     tasks.abort_all();
+}
+
+/// One due refresh. In a fleet (`[fleet]`), at most one host refreshes a domain per interval:
+/// an entry another host confirmed within the last half interval is taken as this host's check;
+/// otherwise the host that gets the domain's lease refreshes (and publishes the result) and the
+/// others look again when the lease ends, by when the entry is there, or the holder vanished
+/// and the lease is free. Without the server, every host refreshes on its own.
+pub async fn due(resolver: &Arc<Resolver>, domain: &str) {
+    if let Some(fleet) = resolver.fleet() {
+        let now = resolver.clock().now();
+        let half = resolver.settings().refresh_interval / 2;
+        if let Found::Entry(Shared::Policy { entry, checked }) = fleet.get(domain, now, false).await
+            && checked + half > now
+            && resolver.take_refreshed(domain, entry, checked).await
+        {
+            debug!(domain, "refreshed by another host of the fleet");
+            resolver.metrics().fleet().refresh_left_to_another_host();
+            return;
+        }
+        if fleet.lease(domain).await == Lease::HeldElsewhere {
+            debug!(domain, "another host of the fleet holds the refresh lease");
+            resolver.check_at(domain, now + fleet.lease_duration());
+            return;
+        }
+    }
+    resolver.refresh(domain).await;
+}
+
+/// Runs until `shutdown` turns true: applies the operator verbs that other hosts of the fleet
+/// publish on its channel (`cache/fleet/channel.rs`): `ctl evict`, `ctl refresh`, `ctl purge`.
+pub async fn follow(resolver: Arc<Resolver>, fleet: Arc<Fleet>, shutdown: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let listener = tokio::spawn(channel::listen(fleet, tx, shutdown));
+    while let Some(cmd) = rx.recv().await {
+        let verb = cmd.verb();
+        match cmd {
+            Command::Evict(d) | Command::Refresh(d)
+                if key::policy_domain(d.as_bytes()).is_err() =>
+            {
+                warn!(
+                    verb,
+                    "fleet command for something that is not a domain; ignored"
+                );
+            }
+            Command::Evict(d) => {
+                if resolver.evict(&d) {
+                    warn!(domain = d, "evicted by an operator of the fleet");
+                }
+            }
+            Command::Refresh(d) => {
+                let r = resolver.clone();
+                tokio::spawn(async move { r.refresh(&d).await });
+            }
+            Command::Purge => {
+                resolver.purge().await;
+            }
+        }
+    }
+    listener.abort();
 }
 
 /// Runs until `shutdown` turns true: every [`SWEEP_EVERY`], removes from memory the negatives

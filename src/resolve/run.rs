@@ -12,10 +12,12 @@ use tracing::{debug, error, info, warn};
 
 use super::dane::{DaneLookup, DaneResolver};
 use super::decide::{self, Decision, Event, Journal};
+use super::shared;
 use super::{Lookup, Resolution, Settings, rfc3339};
+use crate::cache::fleet::{Fleet, Found, Shared};
 use crate::cache::journal::{Record, Store};
 use crate::cache::schedule::{Due, Schedule, Timing};
-use crate::cache::{Cache, Change, Hit, PolicyEntry};
+use crate::cache::{Cache, Change, Hit, PolicyEntry, PolicyState};
 use crate::clock::Clock;
 use crate::discovery::{self, DaneSource, PolicySource};
 use crate::key;
@@ -34,6 +36,8 @@ pub struct Resolver {
     metrics: Arc<Metrics>,
     /// DANE states (RFC 7672) of the destinations a `dane = true` map asks about.
     dane: Arc<DaneResolver>,
+    /// The shared second level of a fleet of daemons (`[fleet]`); replaced on reload.
+    fleet: RwLock<Option<Arc<Fleet>>>,
 }
 
 impl Resolver {
@@ -61,6 +65,7 @@ impl Resolver {
             store: None,
             metrics,
             dane,
+            fleet: RwLock::new(None),
         }
     }
 
@@ -167,7 +172,7 @@ impl Resolver {
 
     /// Joins the running discovery for `domain` or starts one, and waits for it up to the deadline.
     async fn cold(self: &Arc<Self>, domain: &str) -> Resolution {
-        let mut rx = self.join_or_start(domain);
+        let mut rx = self.join_or_start(domain, true);
         let deadline = self.rules().0.deadline;
         match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
             Ok(Ok(r)) => r.clone().unwrap_or(Resolution::NoPolicy),
@@ -186,7 +191,7 @@ impl Resolver {
     /// One discovery for `domain` now (or joins the running one) and waits for its result; used by
     /// the refresh task and `ctl refresh`. Each step is bounded by the source's own timeouts.
     pub async fn refresh(self: &Arc<Self>, domain: &str) -> Resolution {
-        let mut rx = self.join_or_start(domain);
+        let mut rx = self.join_or_start(domain, false);
         let r = match rx.wait_for(Option::is_some).await {
             Ok(r) => r.clone().unwrap_or(Resolution::NoPolicy),
             Err(_) => Resolution::Failed("discovery task ended without a result".into()),
@@ -200,7 +205,13 @@ impl Resolver {
         r
     }
 
-    fn join_or_start(self: &Arc<Self>, domain: &str) -> watch::Receiver<Option<Resolution>> {
+    /// `shared_first`: a lookup's miss asks the fleet's shared cache before discovering; a
+    /// refresh discovers.
+    fn join_or_start(
+        self: &Arc<Self>,
+        domain: &str,
+        shared_first: bool,
+    ) -> watch::Receiver<Option<Resolution>> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = inflight.get(domain) {
             return rx.clone();
@@ -217,15 +228,18 @@ impl Resolver {
                 resolver: &this,
                 domain: &domain,
             };
-            let resolution = this.discover_and_apply(&domain).await;
+            let resolution = this.discover_and_apply(&domain, shared_first).await;
             let _ = tx.send(Some(resolution));
         });
         rx
     }
 
     /// Cache state (one read lock) → discovery → decision → [`Resolver::apply`].
-    async fn discover_and_apply(&self, domain: &str) -> Resolution {
+    async fn discover_and_apply(&self, domain: &str, shared_first: bool) -> Resolution {
         let state = self.cache.policy_state(domain);
+        if shared_first && let Some(r) = self.ask_fleet(domain, state.as_ref()).await {
+            return r;
+        }
         let timing = self.timing();
         let known = decide::known(state.as_ref(), self.clock.now(), &timing);
         let source = self
@@ -249,10 +263,14 @@ impl Resolver {
             journal,
             event,
         } = decision;
+        let share = shared::to_share(&resolution, &event, &change, self.clock.now());
         if let Journal::BeforeAnswer(record) = &journal {
             self.persist(record.clone()).await;
         }
         let applied = self.cache.apply(domain, change, self.clock.now());
+        if let (Some(fleet), Some(share)) = (self.fleet(), share) {
+            shared::send(&fleet, domain, share, self.clock.now());
+        }
         if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
             self.schedule.push(key, at);
         }
@@ -407,6 +425,111 @@ impl Resolver {
                 true
             }
             None => false,
+        }
+    }
+
+    // ---- the fleet's shared cache (`[fleet]`, `cache/fleet/`) ----------------------------
+
+    /// Shares discoveries with a fleet of daemons through `fleet`.
+    pub fn with_fleet(self, fleet: Option<Arc<Fleet>>) -> Resolver {
+        self.set_fleet(fleet);
+        self
+    }
+
+    /// Joins, leaves or changes the fleet (reload).
+    pub fn set_fleet(&self, fleet: Option<Arc<Fleet>>) {
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = fleet;
+    }
+
+    pub fn fleet(&self) -> Option<Arc<Fleet>> {
+        self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A miss with no valid policy cached asks the shared cache (within `[fleet] timeout`); a
+    /// valid shared entry is taken like a fetched policy (journal first) unless a newer one is
+    /// cached here. None: discover.
+    async fn ask_fleet(&self, domain: &str, state: Option<&PolicyState>) -> Option<Resolution> {
+        let fleet = self.fleet()?;
+        if state.is_some_and(|s| s.entry.is_valid(self.clock.now())) {
+            return None;
+        }
+        let Found::Entry(found) = fleet.get(domain, self.clock.now(), true).await else {
+            return None;
+        };
+        match found {
+            Shared::Policy { entry, .. } => {
+                if !self.import(domain, entry.clone()).await {
+                    return None;
+                }
+                info!(domain, id = entry.id, mode = %entry.policy.mode,
+                      "policy taken from the fleet cache");
+                Some(Resolution::Policy(entry))
+            }
+            Shared::Negative { reason, until } => {
+                self.remember_negative(domain, &reason, until);
+                debug!(domain, reason, "no MTA-STS policy, as the fleet cache says");
+                Some(Resolution::NoPolicy)
+            }
+        }
+    }
+
+    /// A "no policy" learnt from the fleet: in memory and in the journal (in the background, as
+    /// for a discovery's).
+    fn remember_negative(&self, domain: &str, reason: &str, until: SystemTime) {
+        self.preload_negative(domain, reason, until);
+        if let Some(store) = &self.store {
+            store.write_nowait(Record::Negative {
+                domain: domain.into(),
+                reason: reason.into(),
+                until,
+            });
+        }
+    }
+
+    /// A due refresh that another host of the fleet did: takes its entry when newer than the
+    /// one cached here, or marks the cached one checked when it is the same, with the next check
+    /// one interval after the other host's. False when the shared entry is of no use here.
+    pub async fn take_refreshed(
+        &self,
+        domain: &str,
+        entry: Arc<PolicyEntry>,
+        checked: SystemTime,
+    ) -> bool {
+        let now = self.clock.now();
+        let timing = self.timing();
+        let next = timing
+            .next_check(&entry, checked)
+            .max(now + crate::cache::schedule::MIN_CHECK_GAP);
+        match self.cache.valid_policy(domain, now) {
+            // The shared value keeps whole seconds.
+            Some(cur) if cur.id == entry.id && shared::same_second(cur.fetched, entry.fetched) => {
+                self.check_at(domain, next);
+                true
+            }
+            Some(cur) if cur.fetched >= entry.fetched => false,
+            _ => {
+                if self.import(domain, entry).await {
+                    self.check_at(domain, next);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Moves the cached policy's next check to `at` (another host holds the refresh lease).
+    pub fn check_at(&self, domain: &str, at: SystemTime) {
+        let applied = self.cache.apply(
+            domain,
+            Change::Checked {
+                next_check: at,
+                error: None,
+            },
+            self.clock.now(),
+        );
+        if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
+            self.schedule.push(key, at);
         }
     }
 

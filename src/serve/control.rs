@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tracing::{debug, info, warn};
 
+use crate::cache::fleet::{Command, channel};
 use crate::cache::{EntryView, PolicyEntry};
 use crate::key;
 use crate::policy::{Mode, parse_policy};
@@ -249,7 +250,8 @@ async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
                 } else {
                     resolver.refresh(&d).await;
                 }
-                show(ctl, &d, dane)
+                let reply = show(ctl, &d, dane);
+                fleet_wide(ctl, req, Command::Refresh(d), reply).await
             }
             Err(e) => e,
         },
@@ -260,12 +262,14 @@ async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
                 if evicted {
                     warn!(domain = d, "evicted by the operator");
                 }
-                json!({"ok": true, "domain": d, "evicted": evicted})
+                let reply = json!({"ok": true, "domain": d, "evicted": evicted});
+                fleet_wide(ctl, req, Command::Evict(d), reply).await
             }
             Err(e) => e,
         },
         "purge" if req["yes"].as_bool() == Some(true) => {
-            json!({"ok": true, "purged": resolver.purge().await})
+            let reply = json!({"ok": true, "purged": resolver.purge().await});
+            fleet_wide(ctl, req, Command::Purge, reply).await
         }
         "purge" => {
             json!({"ok": false, "error": "purge empties the whole cache: confirm with --yes"})
@@ -287,6 +291,25 @@ async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
         "" => json!({"ok": false, "error": "missing \"verb\""}),
         other => json!({"ok": false, "error": format!("unknown verb {other:?}")}),
     }
+}
+
+/// `evict`, `refresh` and `purge` reach every daemon of a fleet unless the request says
+/// `"local": true`; the reply says which under `"fleet"`.
+async fn fleet_wide(ctl: &Control, req: &Value, cmd: Command, mut reply: Value) -> Value {
+    let Some(fleet) = ctl.shared.resolver.fleet() else {
+        return reply;
+    };
+    reply["fleet"] = json!(match req["local"].as_bool() {
+        Some(true) => "this daemon only (--local)".to_string(),
+        _ => match channel::everywhere(&fleet, &cmd).await {
+            Ok(n) => format!("fleet-wide: sent to {n} other daemon(s)"),
+            Err(e) => {
+                warn!(verb = cmd.verb(), error = %e, "not sent to the fleet");
+                format!("this daemon only: the fleet cache is unavailable ({e})")
+            }
+        },
+    });
+    reply
 }
 
 fn status(ctl: &Control) -> Value {
@@ -322,6 +345,7 @@ fn status(ctl: &Control) -> Value {
         "journal": {"bytes": st.journal_bytes, "records": st.journal_records, "live": st.live,
                     "compactions": st.compactions, "write_errors": st.write_errors,
                     "read_only": st.read_only},
+        "fleet": ctl.shared.resolver.fleet().map_or(json!("off"), |f| f.status()),
     })
 }
 

@@ -203,6 +203,11 @@ impl TestDaemon {
 
     pub async fn from_config(config: Config) -> TestDaemon {
         let opts = daemon_options(&config);
+        TestDaemon::with_options(config, opts).await
+    }
+
+    /// The daemon on `config` with `opts` (another clock, another source).
+    pub async fn with_options(config: Config, opts: Options) -> TestDaemon {
         let daemon = Daemon::start(Arc::new(config), opts)
             .await
             .expect("daemon starts");

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod harness;
 pub mod hostile;
 pub mod rawdns;
+pub mod redis_server;
 pub mod scripted_https;
 pub mod unbound;
 
