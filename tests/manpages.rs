@@ -124,13 +124,15 @@ fn manual_page() -> String {
         .subcommand_value_name("COMMAND")
         .disable_help_subcommand(true);
     cmd.build();
-    let man = Man::new(cmd.clone())
-        .section("8")
-        .date("")
-        .source(NAME)
-        .manual("System Manager's Manual");
-    let head = render(|w| man.render_title(w))
-        + &render(|w| man.render_name_section(w))
+    let man = Man::new(cmd.clone()).section("8");
+    // The title line is written here: clap_mangen (through roff) drops an empty date argument,
+    // which shifts source and manual one place left. No date and no version: the page would
+    // otherwise go out of date at every release.
+    let head = format!(
+        ".TH {} 8 \"\" {} \"System Manager's Manual\"\n",
+        NAME.replace('-', "\\-"),
+        NAME.replace('-', "\\-")
+    ) + &render(|w| man.render_name_section(w))
         + &render(|w| man.render_synopsis_section(w));
     let options = render(|w| man.render_options_section(w));
     let globals: Vec<String> = cmd
