@@ -377,7 +377,9 @@ fn example_keys() -> BTreeMap<(String, String), Option<String>> {
     let mut section = String::new();
     let mut keys = BTreeMap::new();
     for line in text.lines() {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        // A section shown commented out (`#[fleet]`) is still a section of the page.
+        let header = line.strip_prefix('#').unwrap_or(line);
+        if let Some(name) = header.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = match name.split_once('.') {
                 Some(("maps", _)) => "maps.NAME".to_owned(),
                 _ => name.to_owned(),

@@ -283,7 +283,7 @@ _mta__sts__policyd() {
             return 0
             ;;
         mta__sts__policyd__subcmd__ctl__subcmd__evict)
-            opts="-c -h --json --socket --config --help"
+            opts="-c -h --local --json --socket --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -563,7 +563,7 @@ _mta__sts__policyd() {
             return 0
             ;;
         mta__sts__policyd__subcmd__ctl__subcmd__purge)
-            opts="-c -h --yes --json --socket --config --help"
+            opts="-c -h --yes --local --json --socket --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -589,7 +589,7 @@ _mta__sts__policyd() {
             return 0
             ;;
         mta__sts__policyd__subcmd__ctl__subcmd__refresh)
-            opts="-c -h --all --json --socket --config --help"
+            opts="-c -h --all --local --json --socket --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
