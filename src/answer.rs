@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::dane::Verdict;
 use crate::policy::{Mode, MxPattern, Policy};
 use crate::proto::{SharedText, Value};
 
@@ -23,6 +24,10 @@ pub struct Profile {
     /// Add the TLSRPT attributes. Only Postfix >= 3.10 accepts them; older versions defer all
     /// mail for the destination (an unknown attribute is a table error), hence opt-in.
     pub tlsrpt: bool,
+    /// Decide from the destination's DANE state first (RFC 8461 §2: MTA-STS never overrides
+    /// DANE): `dane-only` or `dane` where the destination publishes usable TLSA records in a
+    /// signed zone, the MTA-STS answer elsewhere.
+    pub dane: bool,
 }
 
 impl Default for Profile {
@@ -31,6 +36,7 @@ impl Default for Profile {
             strict_testing: false,
             servername: true,
             tlsrpt: false,
+            dane: false,
         }
     }
 }
@@ -98,6 +104,25 @@ pub fn render(
         }
     }
     Some(out)
+}
+
+/// What a destination's DANE state means for the answer (RFC 8461 §2, RFC 7672).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaneDecision {
+    /// Answer this Postfix level (`dane-only` or `dane`); MTA-STS is not consulted.
+    Level(&'static str),
+    /// RFC 7505 null MX or NXDOMAIN: the destination takes no mail; not found.
+    NotFound,
+    /// No DANE here (unsigned zone, no TLSA records): the MTA-STS answer.
+    Sts,
+}
+
+pub fn dane_decision(verdict: Verdict) -> DaneDecision {
+    match verdict {
+        Verdict::DaneOnly | Verdict::Dane => DaneDecision::Level(verdict.level().unwrap_or("dane")),
+        Verdict::NullMx | Verdict::NxDomain => DaneDecision::NotFound,
+        Verdict::Unsigned | Verdict::NoTlsa => DaneDecision::Sts,
+    }
 }
 
 /// What to send for a lookup, given the transport's size limit.
@@ -209,6 +234,7 @@ mod tests {
             strict_testing,
             servername,
             tlsrpt,
+            dane: false,
         }
     }
 

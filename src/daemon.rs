@@ -19,7 +19,7 @@ use crate::cache::fleet::{Fleet, Settings as FleetSettings};
 use crate::cache::journal::Store;
 use crate::clock::Clock;
 use crate::config::{Config, ListenAddr};
-use crate::discovery::PolicySource;
+use crate::discovery::{DaneSource, DnssecDns, PolicySource};
 use crate::metrics::{self, Metrics};
 use crate::proto::Protocol;
 use crate::resolve::refresh;
@@ -29,6 +29,44 @@ use crate::serve::listen::Listener;
 use crate::serve::metrics_http;
 use crate::serve::postfix::{self, Shared};
 use crate::service::Activated;
+
+/// The DNSSEC-aware source DANE states are learnt from, when a map asks for DANE: the
+/// configured nameservers, whose `AD` bit is trusted as Postfix trusts it. Checks once, in the
+/// background, that they validate at all, and says so at warn when they do not: every
+/// destination would then look unsigned and get the MTA-STS answer.
+fn dane_source(config: &Config) -> Option<Arc<dyn DaneSource>> {
+    if !config.maps.values().any(|m| m.answer.dane) {
+        return None;
+    }
+    match DnssecDns::new(&config.dns) {
+        Ok(d) => {
+            let probe = d.clone();
+            tokio::spawn(async move { check_validating(&probe).await });
+            Some(Arc::new(d))
+        }
+        Err(e) => {
+            error!(error = %e, "cannot build the DNSSEC resolver for DANE; DANE lookups answer TEMP");
+            None
+        }
+    }
+}
+
+async fn check_validating(dns: &DnssecDns) {
+    let servers: Vec<String> = dns.nameservers().iter().map(|s| s.to_string()).collect();
+    match dns.validates().await {
+        Ok(true) => {
+            info!(nameservers = ?servers, "DANE: the resolver validates DNSSEC (AD set on the root's SOA)")
+        }
+        Ok(false) => warn!(
+            nameservers = ?servers,
+            "DANE: the resolver does not validate DNSSEC (no AD bit on the root's SOA): every destination looks unsigned and gets the MTA-STS answer; point [dns] nameservers at a validating resolver on loopback (unbound, knot-resolver, systemd-resolved with DNSSEC=yes)"
+        ),
+        Err(e) => warn!(
+            nameservers = ?servers, error = %e,
+            "DANE: cannot tell whether the resolver validates DNSSEC (no answer for the root's SOA)"
+        ),
+    }
+}
 
 /// How long `shutdown` waits for listeners and connections to finish their current request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -40,6 +78,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     pub activated: Option<Activated>,
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// Where DANE states come from. None: built from `[dns]` when a map has `dane = true`.
+    pub dane: Option<Arc<dyn DaneSource>>,
 }
 
 impl Options {
@@ -49,6 +89,7 @@ impl Options {
             clock,
             activated: None,
             reload: None,
+            dane: None,
         }
     }
 }
@@ -292,7 +333,15 @@ impl Daemon {
             None => None,
         };
         let resolver = resolver.with_fleet(fleet);
+        let resolver = match opts.dane.or_else(|| dane_source(&config)) {
+            Some(source) => resolver.with_dane_source(source),
+            None => resolver,
+        };
         let (policies, negatives) = (loaded.policies.len(), loaded.negatives.len());
+        let dane_states = loaded.dane.len();
+        for (destination, entry) in loaded.dane {
+            resolver.dane().preload(&destination, entry);
+        }
         resolver.reserve(policies + negatives);
         // By value: the domain names move on into the cache (shared with the store's index).
         for (domain, entry) in loaded.policies {
@@ -305,6 +354,7 @@ impl Daemon {
             dir = %config.cache.dir.display(),
             policies,
             negatives,
+            dane_states,
             expired = loaded.expired,
             skipped = loaded.skipped,
             bytes = loaded.bytes,
@@ -374,6 +424,11 @@ impl Daemon {
         daemon
             .tasks
             .spawn(refresh::sweep(resolver.clone(), rx.clone()));
+        daemon.tasks.spawn(crate::resolve::dane::refresh_loop(
+            resolver.dane().clone(),
+            config.refresh.concurrency,
+            rx.clone(),
+        ));
         daemon.tasks.spawn(refresh::run(
             resolver,
             config.refresh.concurrency,
@@ -499,6 +554,7 @@ impl Daemon {
         let new = Arc::new(new);
         self.shared.set_config(new.clone());
         self.resolver.reconfigure(source, settings(&new));
+        self.resolver.dane().set_source(dane_source(&new));
         if fleet_changed {
             self.resolver.set_fleet(fleet);
             self.follow_fleet();

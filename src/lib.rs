@@ -5,8 +5,8 @@
 //! lowest first. A lower layer never imports a higher one, and nothing imports in a circle:
 //!
 //! 1. [`clock`], [`metrics`], [`proto`] (the Postfix wire protocols), [`key`] (lookup key →
-//!    policy domain), [`policy`] (RFC 8461 parsers), [`service`] (systemd signals, `sd_notify`,
-//!    socket activation): the bottom layer;
+//!    policy domain), [`policy`] (RFC 8461 parsers), [`dane`] (RFC 7672 rules), [`service`]
+//!    (systemd signals, `sd_notify`, socket activation): the bottom layer;
 //! 2. [`answer`]: a policy → the Postfix `smtp_tls_policy_maps` answer;
 //! 3. [`config`]: the TOML file → a validated configuration;
 //! 4. [`discovery`]: DNS and HTTPS → one policy discovery;
@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dane;
 pub mod discovery;
 pub mod key;
 pub mod metrics;

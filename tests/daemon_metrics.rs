@@ -83,5 +83,7 @@ async fn metrics_count_lookups_discoveries_and_cache_entries() {
     // "none.test" remembered as no policy; "broken.test" as a back-off.
     assert_eq!(get(r#"mta_sts_cache_entries{mode="negative"}"#), 2.0);
     assert_eq!(get("mta_sts_connections"), 2.0);
+    // The harness leaves cache.max_entries at its default.
+    assert_eq!(get("mta_sts_cache_max_entries"), 1_000_000.0);
     assert_eq!(get("mta_sts_lookup_duration_seconds_count"), 6.0);
 }

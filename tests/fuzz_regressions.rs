@@ -136,6 +136,7 @@ fn render_case(domain: &str, body: &str, tlsrpt: bool) -> checks::RenderCase {
             strict_testing: true,
             servername: true,
             tlsrpt,
+            dane: false,
         },
     }
 }

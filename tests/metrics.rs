@@ -35,6 +35,8 @@ async fn start() -> Server {
         expiring_within_day: 1,
         connections: 7,
         journal_read_only: 0,
+        dane_entries: [4, 3, 0, 0, 0, 0],
+        cache_max_entries: 100,
     });
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(serve(listener, metrics.clone(), gauges, rx));
@@ -278,9 +280,22 @@ async fn scrape_parses_and_every_sample_has_a_declared_type() {
     assert_eq!(get("mta_sts_refreshes_total", &[("result", "ok")]), 1.0);
     assert_eq!(get("mta_sts_cache_entries", &[("mode", "negative")]), 5.0);
     assert_eq!(get("mta_sts_connections", &[]), 7.0);
+    assert_eq!(
+        get("mta_sts_dane_entries", &[("verdict", "dane-only")]),
+        4.0
+    );
+    assert_eq!(get("mta_sts_dane_entries", &[("verdict", "dane")]), 3.0);
+    assert_eq!(types["mta_sts_dane_entries"], "gauge");
+    assert_eq!(types["mta_sts_answers_by_level_total"], "counter");
+    assert_eq!(
+        get("mta_sts_dane_discoveries_total", &[("outcome", "failed")]),
+        0.0
+    );
     assert_eq!(get("mta_sts_connections_evicted_total", &[]), 2.0);
     assert_eq!(types["mta_sts_connections_evicted_total"], "counter");
     assert_eq!(get("mta_sts_policies_expiring_within_day", &[]), 1.0);
+    assert_eq!(get("mta_sts_cache_max_entries", &[]), 100.0);
+    assert_eq!(types["mta_sts_cache_max_entries"], "gauge");
     assert_eq!(
         get("mta_sts_fleet_lookups_total", &[("result", "hit")]),
         1.0

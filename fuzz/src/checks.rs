@@ -473,6 +473,7 @@ pub fn decode_render_case(input: &[u8]) -> RenderCase {
             strict_testing: flags & 1 != 0,
             servername: flags & 2 != 0,
             tlsrpt: flags & 4 != 0,
+            dane: false,
         },
     }
 }

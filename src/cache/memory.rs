@@ -549,6 +549,11 @@ impl Cache {
         self.len() == 0
     }
 
+    /// `cache.max_entries`, the most entries held before new domains evict old ones.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Entries by kind at `now`, for metrics and status: expired entries are not counted.
     pub fn counts(&self, now: SystemTime) -> Counts {
         let day = now + Duration::from_secs(86_400);

@@ -32,12 +32,13 @@ use crate::config::Config;
 /// Checks, in this order: `smtp_tls_policy_maps` reaches a listener of this daemon with the
 /// right protocol, seen from smtp(8)'s chroot; the SMTP client has trust anchors; the Postfix
 /// version accepts the answers of the maps in use (`servername` ≥ 3.4, `tlsrpt` ≥ 3.10, exact MX
-/// matching ≥ 3.10.5); DANE is not silently overridden.
+/// matching ≥ 3.10.5); DANE is not silently overridden, and maps that answer from DANE have a
+/// Postfix that can use it.
 pub fn analyze(pf: &Postfix, cfg: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
     let used = rules::check_policy_maps(pf, cfg, &mut findings);
     rules::check_trust_anchors(pf, &mut findings);
     rules::check_versions(pf, cfg, &used, &mut findings);
-    rules::check_dane(pf, &used, &mut findings);
+    rules::check_dane(pf, cfg, &used, &mut findings);
     findings
 }

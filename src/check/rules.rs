@@ -597,30 +597,50 @@ pub(super) fn check_versions(
 
 // ---- DANE ------------------------------------------------------------------------------------
 
-/// DANE is not silently overridden: a policy table answer replaces `smtp_tls_security_level`
-/// for its destination, while RFC 8461 §2 says MTA-STS must not override a failing DANE
-/// validation.
-pub(super) fn check_dane(pf: &Postfix, used: &[Used], findings: &mut Vec<Finding>) {
-    let level = pf.param("smtp_tls_security_level").to_ascii_lowercase();
-    if used.is_empty()
-        || !(level == "dane" || level == "dane-only")
-        || !pf
-            .param("smtp_dns_support_level")
-            .eq_ignore_ascii_case("dnssec")
-    {
+/// DANE next to MTA-STS (RFC 8461 §2, RFC 7672). A map with `dane = true` answers `dane-only`
+/// or `dane` itself, which Postfix can only act on with `smtp_dns_support_level = dnssec` (else
+/// its DANE levels lose their DNSSEC and `dane` is only `may`). A map without it answers
+/// `secure` for a domain that has both, which replaces the `dane` level of a DANE-configured
+/// Postfix (a policy table answer overrides smtp_tls_security_level), while RFC 8461 §2 says
+/// MTA-STS must not override a failing DANE validation.
+pub(super) fn check_dane(pf: &Postfix, cfg: &Config, used: &[Used], findings: &mut Vec<Finding>) {
+    if used.is_empty() {
         return;
     }
-    let daemon = used
-        .first()
-        .map(|u| u.table.as_str())
-        .unwrap_or("socketmap:inet:127.0.0.1:8461:postfix");
+    let dnssec = pf
+        .param("smtp_dns_support_level")
+        .eq_ignore_ascii_case("dnssec");
+    let (dane_maps, plain_maps): (Vec<&Used>, Vec<&Used>) = used
+        .iter()
+        .partition(|u| cfg.profile(&u.map_key).answer.dane);
+    if let Some(u) = dane_maps.first()
+        && !dnssec
+    {
+        findings.push(Finding::error(
+            format!(
+                "{} answers from DANE (`dane = true` in [maps.{}]), but smtp_dns_support_level is not dnssec: Postfix then cannot authenticate TLSA records and its `dane` level is only `may`",
+                u.table, u.map_key
+            ),
+            format!(
+                "Set `smtp_dns_support_level = dnssec` in {} with a validating resolver in /etc/resolv.conf (on loopback), then run `postfix reload`",
+                pf.main_cf()
+            ),
+        ));
+    }
+    let level = pf.param("smtp_tls_security_level").to_ascii_lowercase();
+    if plain_maps.is_empty() || !(level == "dane" || level == "dane-only") || !dnssec {
+        return;
+    }
+    let u = plain_maps[0];
     findings.push(Finding::warning(
         format!(
-            "smtp_tls_security_level = {level} with smtp_dns_support_level = dnssec: for a domain that has both DANE TLSA records and an MTA-STS policy, this daemon's `secure` answer replaces DANE (a policy table answer overrides smtp_tls_security_level), while RFC 8461 §2 says MTA-STS must not override a failing DANE validation"
+            "smtp_tls_security_level = {level} with smtp_dns_support_level = dnssec: for a domain that has both DANE TLSA records and an MTA-STS policy, the `secure` answer of {} ([maps.{}] without `dane = true`) replaces DANE (a policy table answer overrides smtp_tls_security_level), while RFC 8461 §2 says MTA-STS must not override a failing DANE validation",
+            u.table, u.map_key
         ),
         format!(
-            "In {}, list a table that answers `dane-only` for your DANE destinations before this daemon, e.g. `smtp_tls_policy_maps = hash:/etc/postfix/tls_policy, {daemon}`; or accept that MTA-STS wins for domains that publish both",
-            pf.main_cf()
+            "Set `dane = true` in [maps.{}] of {}: the daemon then answers `dane-only` or `dane` where the destination publishes DANE and MTA-STS elsewhere",
+            u.map_key,
+            config_file(cfg)
         ),
     ));
 }

@@ -235,6 +235,23 @@ fn dane_is_overridden() {
 }
 
 #[test]
+fn rfc8461_2_a_dane_map_is_not_overridden_and_needs_dnssec_in_postfix() {
+    let mut pf = load(DANE);
+    // The map the fixture's main.cf names answers from DANE: no override warning.
+    let dane_all = "[maps.default]\ndane = true\n[maps.postfix]\ndane = true\n";
+    assert_findings(&analyze(&pf, &cfg(dane_all)), &[]);
+    // Without DNSSEC in Postfix, DANE answers lose their meaning: an error with its fix.
+    pf.params
+        .insert("smtp_dns_support_level".into(), "enabled".into());
+    let found = analyze(&pf, &cfg(dane_all));
+    assert_findings(
+        &found,
+        &[(Severity::Error, "smtp_dns_support_level is not dnssec")],
+    );
+    assert!(found[0].fix.contains("smtp_dns_support_level = dnssec"));
+}
+
+#[test]
 fn no_trust_anchors() {
     let pf = load(NO_CA);
     assert_eq!(pf.smtp_clients()[0], ("smtp".to_string(), false));

@@ -11,6 +11,9 @@ pub use crate::daemon::{EX_CONFIG, EX_SOFTWARE, EX_UNAVAILABLE};
 /// sysexits.h: the command was used incorrectly.
 pub const EX_USAGE: u8 = 64;
 
+/// sysexits.h: an error occurred while doing I/O (here: writing standard output).
+pub const EX_IOERR: u8 = 74;
+
 /// Prints `message` after the program name on stderr and ends with `code`.
 pub fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("mta-sts-policyd: {message}");

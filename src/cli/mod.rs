@@ -3,28 +3,33 @@
 //! policy logic of its own.
 //!
 //! One file per command: `serve` (logging, daemon start, signal loop), `query`, `ctl`
-//! (the control-socket client) and `check_config` (`check-config` and `check`), over two
-//! leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
+//! (the control-socket client), `check_config` (`check-config` and `check`) and `completions`,
+//! over two leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
 //! statuses: 0 success, 1 a finding or a negative answer, 64 usage, 69 unavailable, 70 software,
-//! 73 state directory, 77 permission, 78 configuration.
+//! 73 state directory, 74 output error, 77 permission, 78 configuration.
+//!
+//! [`command`] is the whole clap definition: `completions` and the generated man page
+//! (`tests/manpages.rs` writes `packaging/man/mta-sts-policyd.8`) are made from it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::daemon::StartError;
 use crate::service;
 
 mod check_config;
+mod completions;
 mod ctl;
 mod exit;
 mod query;
 mod serve;
 mod source;
 
+pub use completions::CompletionShell;
 use ctl::CtlVerb;
 use exit::{EX_CONFIG, EX_SOFTWARE, EX_USAGE, fail, fail_start};
 use serve::Logging;
@@ -78,6 +83,23 @@ enum Command {
         #[arg(long, global = true, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Print the shell completion script for SHELL (the packages install all three).
+    Completions {
+        /// The shell: bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The command line as clap defines it: the source of `--help`, the completion scripts and the
+/// man page mta-sts-policyd(8).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// The completion script for `shell`, as `completions SHELL` prints it.
+pub fn completion_script(shell: CompletionShell) -> Vec<u8> {
+    completions::script(shell, command())
 }
 
 /// The program: parses the arguments, loads the configuration and runs one command.
@@ -103,6 +125,8 @@ pub fn main() -> ExitCode {
         loaded.map_err(|e| fail(EX_CONFIG, format!("configuration error: {e}")))
     };
     let command = match cli.command {
+        // Reads no configuration: completions are generated on a build machine too.
+        Command::Completions { shell } => return completions::print(shell, self::command()),
         // `ctl --socket` reads no configuration: it only needs the socket, and may run as a user
         // who cannot read the file.
         Command::Ctl {
@@ -139,6 +163,8 @@ pub fn main() -> ExitCode {
             Ok(socket) => run(ctl::ctl(socket, verb, json)),
             Err(code) => code,
         },
+        // Returned before the configuration is loaded, above.
+        Command::Completions { shell } => completions::print(shell, self::command()),
     }
 }
 

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::answer;
-use crate::cache::PolicyEntry;
+use crate::cache::{DaneEntry, PolicyEntry};
 use crate::config::{Config, DEFAULT_MAP};
+use crate::dane::{Destination, Verdict};
+use crate::discovery::DnssecDns;
 use crate::discovery::{self, Outcome};
 use crate::key;
+use crate::resolve::DaneLookup;
 use crate::resolve::{Lookup, Resolution};
 use crate::serve::postfix;
 
@@ -40,7 +43,25 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
         Ok(s) => s,
         Err(e) => return fail(EX_CONFIG, e),
     };
-    let d = discovery::discover(&*source, &domain, discovery::Known::Nothing).await;
+    // With a map that answers from DANE, its state is learnt too, at the same time.
+    let dane_dns = if config.maps.values().any(|m| m.answer.dane) {
+        match DnssecDns::new(&config.dns) {
+            Ok(d) => Some(d),
+            Err(e) => return fail(EX_CONFIG, e),
+        }
+    } else {
+        None
+    };
+    let dest = Destination::from_key(key.as_bytes()).ok();
+    let (d, dane) = tokio::join!(
+        discovery::discover(&*source, &domain, discovery::Known::Nothing),
+        async {
+            match (&dane_dns, &dest) {
+                (Some(dns), Some(dest)) => Some(discovery::discover_dane(dns, dest).await),
+                _ => None,
+            }
+        }
+    );
     let mut lines = vec![format!("domain: {domain}")];
     lines.push(format!(
         "TXT _mta-sts.{domain}: {}",
@@ -118,7 +139,23 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
         (None, Some(reason)) => Resolution::Failed(reason.into()),
         (None, None) => Resolution::NoPolicy,
     };
-    let answers = answers(&config, domain.clone(), resolution);
+    let dane_lookup = dane.map(|dd| match dd.outcome {
+        Ok(state) => DaneLookup::State(Arc::new(DaneEntry::new(state, SystemTime::now()))),
+        Err(failure) => DaneLookup::Failed(failure.to_string().into()),
+    });
+    if let (Some(l), Some(dest)) = (&dane_lookup, &dest) {
+        dane_report(l, dest, &mut report, &mut lines);
+    }
+    let lookup = Lookup::Resolved {
+        domain: domain.clone(),
+        resolution,
+    };
+    let answers = serde_json::to_value(postfix::wire_answers(
+        &config,
+        &lookup,
+        dane_lookup.as_ref(),
+    ))
+    .unwrap_or_default();
     for (k, v) in answers.as_object().into_iter().flatten() {
         lines.push(format!("answer {k}: {}", v.as_str().unwrap_or("")));
     }
@@ -129,10 +166,75 @@ pub(super) async fn query(config: Arc<Config>, key: String, json: bool) -> ExitC
     print_report(json, &report, &lines, if found { 0 } else { 1 })
 }
 
+/// The DANE state as `query` prints it: the verdict and what it means for a `dane = true` map,
+/// then each server with its TLSA records and which answers were authenticated.
+fn dane_report(
+    l: &DaneLookup,
+    dest: &Destination,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+    lines: &mut Vec<String>,
+) {
+    let key = dest.key();
+    match l {
+        DaneLookup::State(e) => {
+            let s = &e.state;
+            let meaning = match s.verdict.level() {
+                Some(level) => format!("maps with dane = true answer {level}"),
+                None if matches!(s.verdict, Verdict::NullMx | Verdict::NxDomain) => {
+                    "maps with dane = true answer not found (no mail)".into()
+                }
+                None => "maps with dane = true give the MTA-STS answer".into(),
+            };
+            lines.push(format!(
+                "DANE {key}: {} (MX {}authenticated, TTL {}s): {meaning}",
+                s.verdict,
+                if s.mx_authenticated { "" } else { "not " },
+                s.ttl.as_secs()
+            ));
+            for h in &s.hosts {
+                lines.push(format!(
+                    "  {}: addresses {}, TLSA {}",
+                    h.name,
+                    if h.secure {
+                        "authenticated"
+                    } else if h.addressable {
+                        "not authenticated"
+                    } else {
+                        "none"
+                    },
+                    if h.tlsa.is_empty() {
+                        "none".to_string()
+                    } else {
+                        h.tlsa
+                            .iter()
+                            .map(|t| format!("[{t}{}]", if t.usable() { "" } else { " unusable" }))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    }
+                ));
+            }
+            report.insert(
+                "dane".into(),
+                serde_json::json!({"destination": key, "state": s, "meaning": meaning}),
+            );
+        }
+        DaneLookup::Failed(why) => {
+            lines.push(format!(
+                "DANE {key}: unknown ({why}): maps with dane = true answer TEMP (Postfix defers)"
+            ));
+            report.insert(
+                "dane".into(),
+                serde_json::json!({"destination": key, "failed": why.as_ref()}),
+            );
+        }
+        DaneLookup::Skipped(_) => {}
+    }
+}
+
 /// The exact reply bytes per protocol and map (see `postfix::wire_answers`).
 fn answers(config: &Config, domain: String, resolution: Resolution) -> serde_json::Value {
     let lookup = Lookup::Resolved { domain, resolution };
-    serde_json::to_value(postfix::wire_answers(config, &lookup)).unwrap_or_default()
+    serde_json::to_value(postfix::wire_answers(config, &lookup, None)).unwrap_or_default()
 }
 
 fn print_report(

@@ -36,6 +36,7 @@ pub(super) static DEFAULT_PROFILE: MapProfile = MapProfile {
         strict_testing: false,
         servername: true,
         tlsrpt: false,
+        dane: false,
     },
     on_lookup_error: OnLookupError::NotFound,
 };
@@ -62,6 +63,7 @@ pub(super) fn validate(
                 strict_testing: m.strict_testing,
                 servername: m.servername,
                 tlsrpt: m.tlsrpt,
+                dane: m.dane,
             },
             on_lookup_error,
         };

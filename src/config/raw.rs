@@ -204,6 +204,7 @@ pub(super) struct RawMap {
     pub servername: bool,
     pub tlsrpt: bool,
     pub on_lookup_error: String,
+    pub dane: bool,
 }
 
 impl Default for RawMap {
@@ -214,6 +215,7 @@ impl Default for RawMap {
             servername: true,
             tlsrpt: false,
             on_lookup_error: "notfound".to_string(),
+            dane: false,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! DNS through hickory-resolver: the `_mta-sts` TXT lookup (RFC 8461 §3.1) and the policy host's
-//! addresses for the HTTPS fetch. The only module that imports hickory.
+//! addresses for the HTTPS fetch. With `dnssec.rs` (DANE's AD-bit lookups), the only module
+//! that imports hickory; its error mapping ([`dns_error`]) serves both.
 //!
 //! Every query goes to the configured nameservers (or resolv.conf's), never through getaddrinfo,
 //! so that the TXT record and the policy host are resolved by the same resolver and tests can
@@ -137,7 +138,7 @@ impl Dns {
 /// hickory's error reduced to our vocabulary. "No records" (NXDOMAIN, NODATA) becomes
 /// [`DnsError::NoAddress`]: the TXT lookup treats it as an answer before it gets here, so only
 /// address lookups reach that arm.
-fn dns_error(e: &NetError) -> DnsError {
+pub(super) fn dns_error(e: &NetError) -> DnsError {
     match e {
         NetError::Timeout => DnsError::Timeout,
         NetError::Io(io) => match io.kind() {

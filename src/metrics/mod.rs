@@ -19,8 +19,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod dane;
 mod exposition;
 mod fleet;
+
+pub use dane::{DANE_OUTCOMES, DaneMetrics, LEVELS};
 
 pub use exposition::{CONTENT_TYPE, escape_label};
 use exposition::{Family, Kind, Value};
@@ -177,6 +180,10 @@ pub struct Gauges {
     pub connections: u64,
     /// 1 while the policy journal cannot be written (policies are then kept in memory only).
     pub journal_read_only: u64,
+    /// Unexpired DANE states by verdict, in [`DANE_OUTCOMES`] order (`failed` excluded).
+    pub dane_entries: [u64; 6],
+    /// `cache.max_entries`: what the entries are compared with to see the cache filling up.
+    pub cache_max_entries: u64,
 }
 
 /// The registry. Create once and share as `Arc<Metrics>`.
@@ -199,6 +206,8 @@ pub struct Metrics {
     evictions: AtomicU64,
     store_write_errors: AtomicU64,
     connections_evicted: AtomicU64,
+    /// DANE answers, discoveries and states.
+    pub dane: DaneMetrics,
     fleet: FleetCounters,
 }
 
@@ -239,6 +248,7 @@ impl Metrics {
             evictions: AtomicU64::new(0),
             store_write_errors: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
+            dane: DaneMetrics::default(),
             fleet: FleetCounters::default(),
         }
     }
@@ -331,7 +341,7 @@ impl Metrics {
     /// `gauges` is given.
     fn families(&self, gauges: Option<&Gauges>) -> Vec<Family> {
         let load = |a: &AtomicU64| Value::Count(a.load(Ordering::Relaxed));
-        let mut out = Vec::with_capacity(14);
+        let mut out = Vec::with_capacity(15);
 
         let mut lookups = Family::new(
             "mta_sts_lookups_total",
@@ -466,6 +476,12 @@ impl Metrics {
             }
             out.push(entries);
             out.push(Family::single(
+                "mta_sts_cache_max_entries",
+                "The configured cache.max_entries: past it, new domains evict old entries.",
+                Kind::Gauge,
+                Value::Count(g.cache_max_entries),
+            ));
+            out.push(Family::single(
                 "mta_sts_policies_expiring_within_day",
                 "Cached policies whose max_age ends within 24 hours.",
                 Kind::Gauge,
@@ -485,6 +501,8 @@ impl Metrics {
                 Value::Count(g.connections),
             ));
         }
+        self.dane
+            .families(gauges.map(|g| &g.dane_entries), &mut out);
         out
     }
 
@@ -556,10 +574,14 @@ mod tests {
                 "# TYPE mta_sts_fleet_errors_total counter",
                 "# TYPE mta_sts_fleet_refreshes_left_total counter",
                 "# TYPE mta_sts_cache_entries gauge",
+                "# TYPE mta_sts_cache_max_entries gauge",
                 "# TYPE mta_sts_policies_expiring_within_day gauge",
                 "# TYPE mta_sts_journal_read_only gauge",
                 "# TYPE mta_sts_fleet_up gauge",
                 "# TYPE mta_sts_connections gauge",
+                "# TYPE mta_sts_answers_by_level_total counter",
+                "# TYPE mta_sts_dane_discoveries_total counter",
+                "# TYPE mta_sts_dane_entries gauge",
             ]
         );
         assert!(text.contains(
@@ -620,6 +642,7 @@ mod tests {
             "mta_sts_cache_entries{mode=\"testing\"}",
             "mta_sts_cache_entries{mode=\"none\"}",
             "mta_sts_cache_entries{mode=\"negative\"}",
+            "mta_sts_cache_max_entries",
             "mta_sts_policies_expiring_within_day",
             "mta_sts_connections",
             "mta_sts_journal_read_only",
@@ -852,6 +875,8 @@ mod tests {
             expiring_within_day: 1,
             connections: 4,
             journal_read_only: 1,
+            dane_entries: [5, 4, 3, 2, 1, 0],
+            cache_max_entries: 1_000_000,
         };
         let text = m.render(&g);
         for (series, v) in [
@@ -873,6 +898,7 @@ mod tests {
             ("mta_sts_policies_expiring_within_day", "1"),
             ("mta_sts_connections", "4"),
             ("mta_sts_journal_read_only", "1"),
+            ("mta_sts_cache_max_entries", "1000000"),
         ] {
             assert_eq!(value(&text, series), v, "{series}");
         }

@@ -5,11 +5,14 @@
 //! that runs discoveries one per domain and applies decisions (`run.rs`: single flight,
 //! deadlines, one cache lock per step) and the background refresh loop (`refresh.rs`). Lookups
 //! never wait on the network for a cached domain. Never answers Postfix, never touches sockets.
+//! `dane.rs` does the same for DANE states (RFC 7672): cached, discovered once per destination,
+//! refreshed before their TTL runs out.
 //!
-//! May import: `cache`, `discovery`, `key`, `policy`, `metrics`, `clock`. Inside: `decide`
-//! uses nothing of `run`; `shared` (what the fleet's shared cache gets) reads `decide`'s types;
-//! `run` applies both; `refresh` drives `run`.
+//! May import: `cache`, `discovery`, `dane`, `key`, `policy`, `metrics`, `clock`. Inside:
+//! `decide` uses nothing of `run`; `shared` (what the fleet's shared cache gets) reads `decide`'s
+//! types; `run` applies both; `refresh` drives `run`; `dane` is the DANE side, on its own.
 
+pub mod dane;
 pub mod decide;
 pub mod refresh;
 mod run;
@@ -23,6 +26,7 @@ use crate::key::Skip;
 use crate::policy::Policy;
 
 pub use crate::cache::schedule::{Due, FETCH_BACKOFF};
+pub use dane::{DaneLookup, DaneResolver};
 pub use run::Resolver;
 
 /// What a lookup concluded.

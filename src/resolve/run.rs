@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use super::dane::{DaneLookup, DaneResolver};
 use super::decide::{self, Decision, Event, Journal};
 use super::shared;
 use super::{Lookup, Resolution, Settings, rfc3339};
@@ -18,7 +19,7 @@ use crate::cache::journal::{Record, Store};
 use crate::cache::schedule::{Due, Schedule, Timing};
 use crate::cache::{Cache, Change, Hit, PolicyEntry, PolicyState};
 use crate::clock::Clock;
-use crate::discovery::{self, PolicySource};
+use crate::discovery::{self, DaneSource, PolicySource};
 use crate::key;
 use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
@@ -33,6 +34,8 @@ pub struct Resolver {
     /// Where new policies and negatives are made durable.
     store: Option<Store>,
     metrics: Arc<Metrics>,
+    /// DANE states (RFC 7672) of the destinations a `dane = true` map asks about.
+    dane: Arc<DaneResolver>,
     /// The shared second level of a fleet of daemons (`[fleet]`); replaced on reload.
     fleet: RwLock<Option<Arc<Fleet>>>,
 }
@@ -46,6 +49,12 @@ impl Resolver {
     ) -> Resolver {
         let timing = Timing::new(settings.refresh_interval, settings.negative_ttl)
             .with_dns_failure_ttl(settings.dns_failure_ttl);
+        let metrics = Arc::new(Metrics::new());
+        let dane = Arc::new(DaneResolver::new(
+            cache.capacity(),
+            clock.clone(),
+            metrics.clone(),
+        ));
         Resolver {
             cache,
             source: RwLock::new(source),
@@ -54,15 +63,36 @@ impl Resolver {
             inflight: Mutex::new(HashMap::new()),
             schedule: Schedule::default(),
             store: None,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            dane,
             fleet: RwLock::new(None),
         }
     }
 
     /// Counts discoveries, cache hits, refreshes, downgrades and store errors in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Resolver {
+        if let Some(dane) = Arc::get_mut(&mut self.dane) {
+            dane.set_metrics(metrics.clone());
+        }
         self.metrics = metrics;
         self
+    }
+
+    /// Learns DANE states from `source` (the DNSSEC-aware resolver edge).
+    pub fn with_dane_source(self, source: Arc<dyn DaneSource>) -> Resolver {
+        self.dane.set_source(Some(source));
+        self
+    }
+
+    /// The DANE side: cached states, discovery, refresh.
+    pub fn dane(&self) -> &Arc<DaneResolver> {
+        &self.dane
+    }
+
+    /// The DANE state for a Postfix key, within the lookup deadline (see [`DaneResolver`]).
+    pub async fn lookup_dane(&self, key: &[u8]) -> DaneLookup {
+        let deadline = self.rules().0.deadline;
+        self.dane.lookup(key, deadline).await
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -71,6 +101,9 @@ impl Resolver {
 
     /// Persists every new or changed policy and every "no policy" entry to `store`.
     pub fn with_store(mut self, store: Store) -> Resolver {
+        if let Some(dane) = Arc::get_mut(&mut self.dane) {
+            dane.set_store(store.clone());
+        }
         self.store = Some(store);
         self
     }
@@ -354,6 +387,11 @@ impl Resolver {
         let mut n = 0;
         for (domain, _) in &views {
             if self.evict(domain) {
+                n += 1;
+            }
+        }
+        for (destination, _) in self.dane.cache().views() {
+            if self.dane.evict(&destination) {
                 n += 1;
             }
         }

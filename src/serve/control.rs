@@ -21,7 +21,8 @@ use crate::cache::fleet::{Command, channel};
 use crate::cache::{EntryView, PolicyEntry};
 use crate::key;
 use crate::policy::{Mode, parse_policy};
-use crate::resolve::{Lookup, Resolution};
+use crate::resolve::{DaneLookup, Lookup, Resolution};
+use crate::serve::control_dane;
 use crate::serve::listen::{self, Cap, OwnedUnix};
 use crate::serve::postfix::{self, Shared};
 
@@ -235,21 +236,29 @@ async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
         }
         "list" => list(ctl, req),
         "show" => match domain_arg(req) {
-            Ok(d) => show(ctl, &d),
+            Ok(d) => show(ctl, &d, dane_key(req)),
             Err(e) => e,
         },
         "refresh" if req["all"].as_bool() == Some(true) => refresh_all(ctl).await,
         "refresh" => match domain_arg(req) {
             Ok(d) => {
-                resolver.refresh(&d).await;
-                let reply = show(ctl, &d);
+                let dane = dane_key(req);
+                if ctl.shared.config().maps.values().any(|m| m.answer.dane)
+                    && let Some(k) = &dane
+                {
+                    tokio::join!(resolver.refresh(&d), resolver.dane().refresh(k));
+                } else {
+                    resolver.refresh(&d).await;
+                }
+                let reply = show(ctl, &d, dane);
                 fleet_wide(ctl, req, Command::Refresh(d), reply).await
             }
             Err(e) => e,
         },
         "evict" => match domain_arg(req) {
             Ok(d) => {
-                let evicted = resolver.evict(&d);
+                let dane = dane_key(req).is_some_and(|k| resolver.dane().evict(&k));
+                let evicted = resolver.evict(&d) | dane;
                 if evicted {
                     warn!(domain = d, "evicted by the operator");
                 }
@@ -330,6 +339,7 @@ fn status(ctl: &Control) -> Value {
             "none": c.entries_none,
             "negative": c.entries_negative,
         },
+        "dane_states": c.dane_entries.iter().sum::<u64>(),
         "expiring_within_day": c.expiring_within_day,
         "connections": c.connections,
         "journal": {"bytes": st.journal_bytes, "records": st.journal_records, "live": st.live,
@@ -343,9 +353,13 @@ fn list(ctl: &Control, req: &Value) -> Value {
     let now = ctl.shared.resolver.clock().now();
     let mode = req["mode"].as_str();
     if let Some(m) = mode
-        && !["enforce", "testing", "none", "negative"].contains(&m)
+        && !mode_names().contains(&m)
     {
-        return json!({"ok": false, "error": format!("mode {m:?}: expected enforce, testing, none or negative")});
+        return json!({"ok": false, "error": format!("mode {m:?}: expected {}", mode_names().join(", "))});
+    }
+    if let Some(m) = mode.filter(|m| control_dane::MODES.contains(m)) {
+        let rows = control_dane::rows(ctl.shared.resolver.dane().cache(), m, now);
+        return json!({"ok": true, "count": rows.len(), "entries": rows});
     }
     let within = match req["expiring_within"].as_str() {
         None => None,
@@ -387,10 +401,25 @@ fn list(ctl: &Control, req: &Value) -> Value {
     json!({"ok": true, "count": rows.len(), "entries": rows})
 }
 
-fn show(ctl: &Control, domain: &str) -> Value {
+/// The DANE destination a request's key names (`example.com`, `[relay.example.com]:587`).
+fn dane_key(req: &Value) -> Option<String> {
+    let raw = req["domain"].as_str().unwrap_or("");
+    crate::dane::Destination::from_key(raw.as_bytes())
+        .ok()
+        .map(|d| d.key())
+}
+
+fn show(ctl: &Control, domain: &str, dane_key: Option<String>) -> Value {
     let now = ctl.shared.resolver.clock().now();
     let config = ctl.shared.config();
     let view = ctl.shared.resolver.cache().view(domain);
+    let dane = dane_key
+        .as_deref()
+        .and_then(|k| ctl.shared.resolver.dane().cache().peek(k));
+    let dane_lookup = dane
+        .as_ref()
+        .filter(|e| e.is_valid(now))
+        .map(|e| DaneLookup::State(e.clone()));
     let resolution = match &view {
         Some(EntryView::Policy(p)) if p.entry.is_valid(now) => Resolution::Policy(p.entry.clone()),
         Some(EntryView::Negative {
@@ -407,9 +436,14 @@ fn show(ctl: &Control, domain: &str) -> Value {
             domain: domain.to_string(),
             resolution,
         },
+        dane_lookup.as_ref(),
     );
     let mut out =
         json!({"ok": true, "domain": domain, "cached": view.is_some(), "answers": answers});
+    if let (Some(k), Some(e)) = (&dane_key, &dane) {
+        out["dane"] = control_dane::view(e, now);
+        out["dane"]["destination"] = json!(k);
+    }
     match view {
         Some(EntryView::Policy(p)) => {
             let e = &p.entry;
@@ -762,6 +796,12 @@ fn flatten(prefix: &str, v: &Value, out: &mut String) {
             }
         }
         Value::String(s) => out.push_str(&format!("{prefix}: {s}\n")),
+        // Lists of records (a DANE state's hosts): one dotted block per element.
+        Value::Array(a) if a.iter().any(Value::is_object) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
         Value::Array(a) => {
             let items: Vec<String> = a
                 .iter()
@@ -778,12 +818,14 @@ fn flatten(prefix: &str, v: &Value, out: &mut String) {
     }
 }
 
-/// Mode names accepted by `list --mode`.
-pub fn mode_names() -> [&'static str; 4] {
+/// Mode names accepted by `list --mode`: policy modes, negative entries, DANE levels.
+pub fn mode_names() -> [&'static str; 6] {
     [
         Mode::Enforce.as_str(),
         Mode::Testing.as_str(),
         Mode::None.as_str(),
         "negative",
+        control_dane::MODES[0],
+        control_dane::MODES[1],
     ]
 }

@@ -277,7 +277,7 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
         assert!(ok.contains("\r\nConnection: close\r\n"));
-        assert!(ok.ends_with("mta_sts_connections 0\n"));
+        assert!(ok.ends_with("mta_sts_dane_entries{verdict=\"nxdomain\"} 0\n"));
         // Bare line feeds and a query string are accepted (RFC 9112 §2.2).
         let q = exchange_str(b"GET /metrics?x=1 HTTP/1.0\n\n").await;
         assert!(q.starts_with("HTTP/1.0 200 OK\r\n"), "{q}");

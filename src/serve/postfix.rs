@@ -19,7 +19,7 @@ use crate::answer::{self, Rendered};
 use crate::config::{Config, MapProfile, OnLookupError};
 use crate::metrics::{self, Metrics};
 use crate::proto::{Protocol, Reply, Request, Value};
-use crate::resolve::{Lookup, Resolution, Resolver};
+use crate::resolve::{DaneLookup, Lookup, Resolution, Resolver};
 use crate::serve::idle::{self, Slot};
 use crate::serve::listen::{Cap, Listener};
 
@@ -79,7 +79,22 @@ impl Shared {
     /// Gauges for a scrape or `ctl stats`: a pass over the cache under its read lock (about
     /// 10 ms per million entries), so it is done on request, never per lookup.
     pub fn gauges(&self) -> metrics::Gauges {
-        let c = self.resolver.cache().counts(self.resolver.clock().now());
+        let now = self.resolver.clock().now();
+        let c = self.resolver.cache().counts(now);
+        let mut dane_entries = [0; 6];
+        for (i, (_, n)) in self
+            .resolver
+            .dane()
+            .cache()
+            .counts(now)
+            .by_verdict
+            .iter()
+            .enumerate()
+            .take(6)
+        {
+            dane_entries[i] = *n;
+        }
+        let cache = self.resolver.cache();
         metrics::Gauges {
             entries_enforce: c.enforce,
             entries_testing: c.testing,
@@ -92,6 +107,8 @@ impl Shared {
                     .store()
                     .is_some_and(|s| s.stats().read_only.is_some()),
             ),
+            dane_entries,
+            cache_max_entries: u64::try_from(cache.capacity()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -99,19 +116,31 @@ impl Shared {
 /// The exact reply bytes Postfix would get for `lookup`, under `config`, without a final LF:
 /// `PROTOCOL:MAP` for each map of a protocol whose requests name one (socketmap), `PROTOCOL` for
 /// the others (tcp_table, answered with its section's map). What `query` and `ctl show` print.
+/// Maps with `dane = true` answer from `dane` first ([`reply_with_dane`]); None there means the
+/// DANE state is not known (not cached), which such a map's answer says instead of a reply.
 pub fn wire_answers(
     config: &Config,
     lookup: &Lookup,
+    dane: Option<&DaneLookup>,
 ) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     for protocol in Protocol::all() {
         let codec = protocol.codec();
         let mut encode = |label: String, profile: &MapProfile| {
+            let fits = protocol.spec().found_fits;
+            let reply = match (profile.answer.dane, dane) {
+                (false, _) => reply_for(lookup, profile, fits),
+                (true, Some(d)) => reply_with_dane(d, || reply_for(lookup, profile, fits)),
+                (true, None) => {
+                    out.insert(
+                        label,
+                        "(DANE state not cached: the next lookup learns it)".into(),
+                    );
+                    return;
+                }
+            };
             let mut b = BytesMut::new();
-            codec.encode(
-                &reply_for(lookup, profile, protocol.spec().found_fits),
-                &mut b,
-            );
+            codec.encode(&reply, &mut b);
             let line = String::from_utf8_lossy(&b);
             out.insert(label, line.strip_suffix('\n').unwrap_or(&line).to_string());
         };
@@ -339,8 +368,26 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Conf
     let start = Instant::now();
     let (map_name, profile) = config.profile_for(protocol, map.as_deref());
     let fits = protocol.spec().found_fits;
-    let lookup = shared.resolver.lookup(&key).await;
-    let reply = reply_for(&lookup, profile, fits);
+    let (reply, level) = if profile.answer.dane {
+        // MTA-STS and DANE learnt at once: a cold lookup waits for the slower of the two,
+        // not their sum.
+        let (lookup, dane) = tokio::join!(
+            shared.resolver.lookup(&key),
+            shared.resolver.lookup_dane(&key)
+        );
+        let reply = reply_with_dane(&dane, || reply_for(&lookup, profile, fits));
+        let level = dane_level(&dane);
+        (reply, level)
+    } else {
+        let lookup = shared.resolver.lookup(&key).await;
+        (reply_for(&lookup, profile, fits), None)
+    };
+    if let Reply::Found(_) = &reply {
+        match level {
+            Some(l) => shared.metrics.dane.level(l),
+            None => shared.metrics.dane.secure(),
+        }
+    }
     let (mp, answer) = (
         protocol,
         match &reply {
@@ -401,11 +448,98 @@ pub fn reply_for(lookup: &Lookup, profile: &MapProfile, fits: fn(&Value) -> bool
     }
 }
 
+/// RFC 8461 §2: MTA-STS never overrides DANE. A destination whose DANE state decides the level
+/// (`dane-only`, `dane`) gets it; RFC 7505 null MX and NXDOMAIN are not found; an unsigned zone
+/// or one without TLSA records gets the MTA-STS answer `sts()`; and a DANE state that could not
+/// be learnt is TEMP, never a weaker answer: Postfix itself defers a destination whose TLSA
+/// lookup fails (RFC 7672 §2.1.1). No TLSRPT attributes go with `dane`/`dane-only`: Postfix's
+/// TLSRPT_README says they are an error in a non-STS answer (Postfix reports DANE itself from
+/// the TLSA records it looks up).
+pub fn reply_with_dane(dane: &DaneLookup, sts: impl FnOnce() -> Reply) -> Reply {
+    match dane {
+        DaneLookup::Skipped(_) => sts(),
+        DaneLookup::Failed(reason) => Reply::Temp(format!("DANE state unknown: {reason}")),
+        DaneLookup::State(entry) => match answer::dane_decision(entry.state.verdict) {
+            answer::DaneDecision::Level(level) => Reply::Found(Value::Owned(level.to_string())),
+            answer::DaneDecision::NotFound => Reply::NotFound,
+            answer::DaneDecision::Sts => sts(),
+        },
+    }
+}
+
+fn dane_level(dane: &DaneLookup) -> Option<&'static str> {
+    match dane {
+        DaneLookup::State(e) => e.state.verdict.level(),
+        _ => None,
+    }
+}
+
 fn reply_kind(r: &Reply) -> &'static str {
     match r {
         Reply::Found(_) => "found",
         Reply::NotFound => "notfound",
         Reply::Temp(_) => "temp",
         Reply::Perm(_) => "perm",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::cache::DaneEntry;
+    use crate::dane::{DaneState, Verdict};
+
+    fn state(verdict: Verdict) -> DaneLookup {
+        DaneLookup::State(Arc::new(DaneEntry::new(
+            DaneState {
+                verdict,
+                mx_authenticated: true,
+                hosts: Vec::new(),
+                ttl: Duration::from_secs(3600),
+            },
+            UNIX_EPOCH,
+        )))
+    }
+
+    fn value(r: &Reply) -> String {
+        match r {
+            Reply::Found(v) => v.parts().concat(),
+            Reply::NotFound => "NOTFOUND".into(),
+            Reply::Temp(_) => "TEMP".into(),
+            Reply::Perm(_) => "PERM".into(),
+        }
+    }
+
+    #[test]
+    fn rfc8461_2_dane_decides_before_mta_sts() {
+        let sts = || Reply::Found(Value::Owned("secure match=mx.example.com".into()));
+        let cases = [
+            (state(Verdict::DaneOnly), "dane-only"),
+            (state(Verdict::Dane), "dane"),
+            (state(Verdict::Unsigned), "secure match=mx.example.com"),
+            (state(Verdict::NoTlsa), "secure match=mx.example.com"),
+            // RFC 7505 null MX and NXDOMAIN: no mail, whatever MTA-STS says.
+            (state(Verdict::NullMx), "NOTFOUND"),
+            (state(Verdict::NxDomain), "NOTFOUND"),
+            // RFC 7672 §2.1.1: Postfix defers when it cannot learn the TLSA records; never a
+            // weaker answer than that.
+            (DaneLookup::Failed("TLSA lookup timed out".into()), "TEMP"),
+            (
+                DaneLookup::Skipped(crate::key::Skip::IpLiteral),
+                "secure match=mx.example.com",
+            ),
+        ];
+        for (dane, want) in cases {
+            assert_eq!(value(&reply_with_dane(&dane, sts)), want, "{dane:?}");
+        }
+        // Without an MTA-STS policy, an unsigned destination is not found as before.
+        assert_eq!(
+            value(&reply_with_dane(&state(Verdict::Unsigned), || {
+                Reply::NotFound
+            })),
+            "NOTFOUND"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod hostile;
 pub mod rawdns;
 pub mod redis_server;
 pub mod scripted_https;
+pub mod unbound;
 
 /// Raises this process's soft open-files limit towards `want` (to the hard limit; as root, the
 /// hard limit too) and returns the soft limit now in force. Tests that hold thousands of

@@ -7,7 +7,7 @@
 //! [`World`] stops every task it started.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -16,7 +16,10 @@ use hickory_resolver::{
     net::runtime::TokioRuntimeProvider,
     proto::rr::{
         LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
-        rdata::{A, CNAME, TXT},
+        rdata::{
+            A, AAAA, CNAME, MX, TLSA, TXT,
+            tlsa::{CertUsage, Matching, Selector},
+        },
     },
 };
 use hickory_server::{Server, store::in_memory::InMemoryZoneHandler};
@@ -25,7 +28,7 @@ use tokio::task::JoinHandle;
 mod dns;
 mod https;
 
-use dns::{DnsServer, DnsState, WorldDnsHandler};
+use dns::{DnsServer, DnsState, WorldDnsHandler, world_soa};
 use https::{HttpShared, lock_http};
 
 /// TTL of every record the world serves (and the SOA minimum, i.e. the
@@ -234,6 +237,82 @@ impl World {
         let owner = dns_name(name);
         self.replace_rrset(&owner, RecordType::A, vec![RData::A(A::from(ip))])
             .await;
+    }
+
+    /// Replaces the AAAA RRset at `name` with one record. Removes a CNAME at
+    /// `name`, if any.
+    pub async fn set_aaaa(&self, name: &str, ip: Ipv6Addr) {
+        let owner = dns_name(name);
+        self.replace_rrset(&owner, RecordType::AAAA, vec![RData::AAAA(AAAA::from(ip))])
+            .await;
+    }
+
+    /// Replaces the MX RRset at `name`: `(preference, exchange)` each, the
+    /// exchange `"."` for RFC 7505's null MX. `&[]` removes it. Removes a
+    /// CNAME at `name`, if any.
+    pub async fn set_mx(&self, name: &str, records: &[(u16, &str)]) {
+        let owner = dns_name(name);
+        let records = records
+            .iter()
+            .map(|&(preference, exchange)| {
+                let exchange = if exchange.trim() == "." {
+                    Name::root()
+                } else {
+                    Name::from_ascii(fqdn(exchange)).unwrap_or_else(|e| {
+                        panic!("World::set_mx({name}): bad exchange {exchange:?}: {e}")
+                    })
+                };
+                RData::MX(MX::new(preference, exchange))
+            })
+            .collect();
+        self.replace_rrset(&owner, RecordType::MX, records).await;
+    }
+
+    /// Replaces the TLSA RRset at `name` (e.g. `_25._tcp.mx.example.test`):
+    /// `(usage, selector, matching type, association data)` each (RFC 6698
+    /// §2.1). `&[]` removes it. Removes a CNAME at `name`, if any.
+    pub async fn set_tlsa(&self, name: &str, records: &[(u8, u8, u8, &[u8])]) {
+        let owner = dns_name(name);
+        let records = records
+            .iter()
+            .map(|&(usage, selector, matching, data)| {
+                RData::TLSA(TLSA::new(
+                    CertUsage::from(usage),
+                    Selector::from(selector),
+                    Matching::from(matching),
+                    data.to_vec(),
+                ))
+            })
+            .collect();
+        self.replace_rrset(&owner, RecordType::TLSA, records).await;
+    }
+
+    /// The negative-caching TTL of NXDOMAIN and NODATA answers (RFC 2308
+    /// §5): the TTL and the MINIMUM of the `test.` SOA that such answers
+    /// carry in their authority section. [`DNS_TTL`] until changed.
+    pub async fn set_negative_ttl(&self, secs: u32) {
+        let origin = dns_name("test");
+        let rdata = RData::SOA(world_soa(secs));
+        let mut set = RecordSet::with_ttl(origin.clone(), RecordType::SOA, secs);
+        set.insert(Record::from_rdata(origin.clone(), secs, rdata), 0);
+        self.zone.records_mut().await.insert(
+            RrKey::new(LowerName::from(&origin), RecordType::SOA),
+            Arc::new(set),
+        );
+    }
+
+    /// Answers for `suffix` and every name under it carry `AD=1` when the
+    /// query asks for it with `AD=1` or `DO=1`, as a validating resolver
+    /// answers for a signed zone (RFC 4035 §3.2.3, RFC 6840 §5.7). NXDOMAIN
+    /// and NODATA answers too (an authenticated denial). SERVFAIL never.
+    pub fn sign(&self, suffix: &str) {
+        lock(&self.dns).signed.insert(dns_key(suffix));
+    }
+
+    /// Undoes [`World::sign`] for exactly this `suffix` (a signed parent
+    /// still covers it).
+    pub fn unsign(&self, suffix: &str) {
+        lock(&self.dns).signed.remove(&dns_key(suffix));
     }
 
     /// Removes every record at `name` (exactly that name).

@@ -5,16 +5,26 @@
 //! `<CRC-32 (IEEE) of the JSON as 8 lowercase hex digits> <JSON>`, the JSON being one of
 //! `{"v":1,"t":"policy","d":…,"id":…,"fetched":<unix seconds>,"policy":<Policy::to_text()>}`,
 //! `{"v":1,"t":"negative","d":…,"reason":…,"until":<unix seconds>}` or
-//! `{"v":1,"t":"remove","d":…}`. Times are whole seconds, so a reloaded policy may expire up to a
-//! second earlier than in memory.
+//! `{"v":1,"t":"remove","d":…}`, and for a DANE state (RFC 7672)
+//! `{"v":1,"t":"dane","d":"dane:<destination>","fetched":<unix seconds>,"policy":<state JSON>}`
+//! (the `dane:` prefix keeps destinations apart from policy domains, which never hold a ':';
+//! its removal is a `remove` record with the same `d`). Times are whole seconds, so a reloaded
+//! policy may expire up to a second earlier than in memory.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::dane::DaneEntry;
 use crate::cache::memory::PolicyEntry;
+use crate::dane::DaneState;
 use crate::policy::parse_policy;
+
+/// How DANE destinations are told apart from policy domains in the journal's `d` field.
+pub const DANE_PREFIX: &str = "dane:";
+/// A stored DANE state larger than this is damage (16 hosts × 32 records fit well within it).
+const MAX_DANE_JSON: usize = 64 * 1024;
 
 /// The journal's name in the state directory.
 pub(super) const JOURNAL: &str = "policies.journal";
@@ -38,7 +48,12 @@ pub enum Record {
         reason: String,
         until: SystemTime,
     },
-    /// Forget the domain.
+    /// A DANE state; `domain` is [`DANE_PREFIX`] + the destination (see [`Record::dane`]).
+    Dane {
+        domain: Arc<str>,
+        entry: Arc<DaneEntry>,
+    },
+    /// Forget the domain (or, with [`DANE_PREFIX`], the DANE destination).
     Remove { domain: Arc<str> },
 }
 
@@ -128,6 +143,7 @@ enum Kind {
     Policy,
     Negative,
     Remove,
+    Dane,
     #[serde(other)]
     Unknown,
 }
@@ -138,6 +154,21 @@ pub(super) fn unix_seconds(t: SystemTime) -> u64 {
 }
 
 impl Record {
+    /// The record of a DANE state for `destination` (e.g. `[relay.example.com]:587`).
+    pub fn dane(destination: &str, entry: Arc<DaneEntry>) -> Record {
+        Record::Dane {
+            domain: format!("{DANE_PREFIX}{destination}").into(),
+            entry,
+        }
+    }
+
+    /// The record that forgets the DANE state of `destination`.
+    pub fn dane_remove(destination: &str) -> Record {
+        Record::Remove {
+            domain: format!("{DANE_PREFIX}{destination}").into(),
+        }
+    }
+
     pub(super) fn domain(&self) -> &str {
         self.domain_arc()
     }
@@ -146,6 +177,7 @@ impl Record {
         match self {
             Record::Policy { domain, .. }
             | Record::Negative { domain, .. }
+            | Record::Dane { domain, .. }
             | Record::Remove { domain } => domain,
         }
     }
@@ -154,6 +186,19 @@ impl Record {
     pub(super) fn encode(&self) -> Result<String, serde_json::Error> {
         let text;
         let out = match self {
+            Record::Dane { domain, entry } => {
+                text = serde_json::to_string(&entry.state)?;
+                RecordOut {
+                    v: RECORD_VERSION,
+                    t: "dane",
+                    d: domain,
+                    id: None,
+                    fetched: Some(unix_seconds(entry.checked)),
+                    policy: Some(&text),
+                    reason: None,
+                    until: None,
+                }
+            }
             Record::Policy { domain, entry } => {
                 text = entry.policy.to_text();
                 RecordOut {
@@ -251,6 +296,28 @@ impl Record {
                 })
             }
             Some(Kind::Remove) => Ok(Record::Remove { domain }),
+            Some(Kind::Dane) => {
+                let (Some(checked), Some(text)) = (raw.fetched, raw.policy) else {
+                    return Err("dane record without \"fetched\" or \"policy\"".into());
+                };
+                if !domain.starts_with(DANE_PREFIX) || text.len() > MAX_DANE_JSON {
+                    return Err("dane record with a bad destination or an oversized state".into());
+                }
+                let state: DaneState = serde_json::from_str(&text)
+                    .map_err(|e| format!("stored DANE state no longer parses: {e}"))?;
+                // Read back like an answer from the network: the verdict must follow from it.
+                state
+                    .validate()
+                    .map_err(|e| format!("stored DANE state is not valid: {e}"))?;
+                let checked = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(checked))
+                    .filter(|t| t.checked_add(state.ttl).is_some())
+                    .ok_or("\"fetched\" is out of range")?;
+                Ok(Record::Dane {
+                    domain,
+                    entry: Arc::new(DaneEntry::new(state, checked)),
+                })
+            }
             Some(Kind::Unknown) => Err("unknown record type \"t\"".to_owned()),
             None => Err("no record type \"t\"".to_owned()),
         }

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 use super::error::StoreError;
-use super::format::{HEADER, HEADER_PREFIX, JOURNAL, Record, unix_seconds};
+use super::format::{DANE_PREFIX, HEADER, HEADER_PREFIX, JOURNAL, Record, unix_seconds};
+use crate::cache::dane::DaneEntry;
 use crate::cache::memory::PolicyEntry;
 
 /// Skipped records get a warning each up to this many, then one summary line: a garbage file
@@ -75,6 +76,8 @@ pub struct Loaded {
     pub policies: Vec<(Arc<str>, Arc<PolicyEntry>)>,
     /// `(domain, reason, until)` with `until > now`, in the same order.
     pub negatives: Vec<(Arc<str>, String, SystemTime)>,
+    /// DANE states unexpired at `now`, by destination (without the journal's `dane:` prefix).
+    pub dane: Vec<(String, Arc<DaneEntry>)>,
     /// Valid records read, superseded ones included.
     pub records: usize,
     /// Records skipped as truncated, corrupt, unparsable or of an unknown version.
@@ -107,6 +110,7 @@ impl Live {
         match &self.kept {
             Some(Kept::Policy(entry)) => entry.expires(),
             Some(Kept::Negative(n)) => n.1,
+            Some(Kept::Dane(entry)) => entry.expires(),
             None => UNIX_EPOCH,
         }
     }
@@ -116,6 +120,7 @@ pub(super) enum Kept {
     Policy(Arc<PolicyEntry>),
     /// (reason, until).
     Negative(Box<(Box<str>, SystemTime)>),
+    Dane(Arc<DaneEntry>),
 }
 
 impl Kept {
@@ -125,6 +130,7 @@ impl Kept {
             Record::Negative { reason, until, .. } => {
                 Some(Kept::Negative(Box::new((reason.as_str().into(), *until))))
             }
+            Record::Dane { entry, .. } => Some(Kept::Dane(entry.clone())),
             Record::Remove { .. } => None,
         }
     }
@@ -140,6 +146,10 @@ impl Kept {
                 domain: domain.clone(),
                 reason: n.0.to_string(),
                 until: n.1,
+            },
+            Kept::Dane(entry) => Record::Dane {
+                domain: domain.clone(),
+                entry: entry.clone(),
             },
         };
         record.encode()
@@ -248,6 +258,7 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
                 expiry.newest = expiry.newest.max(Some(entry.fetched));
             }
             Record::Negative { until, .. } => expiry.newest = expiry.newest.max(Some(*until)),
+            Record::Dane { entry, .. } => expiry.newest = expiry.newest.max(Some(entry.checked)),
             Record::Remove { .. } => {}
         }
         if let Record::Remove { domain } = &record {
@@ -296,6 +307,11 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
             } if until > now => {
                 loaded.negatives.push((domain, reason, until));
             }
+            Record::Dane { domain, entry } if entry.is_valid(now) => {
+                let destination = domain.strip_prefix(DANE_PREFIX).unwrap_or(&domain);
+                loaded.dane.push((destination.to_string(), entry));
+            }
+            Record::Dane { entry, .. } if entry.expires() > cutoff => loaded.held += 1,
             Record::Policy { entry, .. } if entry.expires() > cutoff => loaded.held += 1,
             Record::Negative { until, .. } if until > cutoff => loaded.held += 1,
             _ => {
@@ -739,5 +755,74 @@ mod tests {
             let s = scan_bytes(&file, now);
             prop_assert!(s.loaded.records + s.loaded.skipped <= most);
         }
+    }
+
+    fn dane_state() -> crate::dane::DaneState {
+        crate::dane::DaneState {
+            verdict: crate::dane::Verdict::DaneOnly,
+            mx_authenticated: true,
+            hosts: vec![crate::dane::HostState {
+                name: "mx.example.com".into(),
+                secure: true,
+                addressable: true,
+                tlsa_authenticated: true,
+                tlsa: vec![crate::dane::Tlsa::new(3, 1, 1, &[0xab; 32])],
+            }],
+            ttl: secs(3600),
+        }
+    }
+
+    #[test]
+    fn dane_records_round_trip_and_live_apart_from_the_policy_of_the_same_name() {
+        let t = UNIX_EPOCH + secs(1_700_000_000);
+        let entry = Arc::new(crate::cache::dane::DaneEntry::new(dane_state(), t));
+        let rec = crate::cache::journal::format::Record::dane("example.com", entry.clone());
+        let line = rec.encode().unwrap();
+        assert!(line.contains(r#""t":"dane","d":"dane:example.com","fetched":1700000000"#));
+        assert_eq!(
+            crate::cache::journal::format::Record::decode(line.as_bytes()),
+            Ok(rec.clone())
+        );
+
+        let mut file = format!("{HEADER}\n");
+        for r in [
+            policy("example.com", "1", t),
+            rec,
+            crate::cache::journal::format::Record::dane("[relay.example.com]:587", entry.clone()),
+            crate::cache::journal::format::Record::dane_remove("[relay.example.com]:587"),
+        ] {
+            file += &r.encode().unwrap();
+            file.push('\n');
+        }
+        let s = super::scan(file.as_bytes(), t + secs(60), std::path::Path::new("j"));
+        assert_eq!(s.loaded.policies.len(), 1);
+        assert_eq!(s.loaded.dane.len(), 1);
+        assert_eq!(s.loaded.dane[0].0, "example.com");
+        assert_eq!(*s.loaded.dane[0].1, *entry);
+        // Expired after its TTL.
+        let s = super::scan(file.as_bytes(), t + secs(3601), std::path::Path::new("j"));
+        assert!(s.loaded.dane.is_empty());
+    }
+
+    #[test]
+    fn a_forged_dane_state_is_skipped() {
+        let t = UNIX_EPOCH + secs(1_700_000_000);
+        let mut forged = dane_state();
+        forged.hosts[0].tlsa[0].usage = 0;
+        let line = crate::cache::journal::format::Record::dane(
+            "example.com",
+            Arc::new(crate::cache::dane::DaneEntry::new(forged, t)),
+        )
+        .encode()
+        .unwrap();
+        let err = crate::cache::journal::format::Record::decode(line.as_bytes()).unwrap_err();
+        assert!(err.contains("not valid"), "{err}");
+        let no_prefix = crate::cache::journal::format::Record::Dane {
+            domain: "example.com".into(),
+            entry: Arc::new(crate::cache::dane::DaneEntry::new(dane_state(), t)),
+        }
+        .encode()
+        .unwrap();
+        assert!(crate::cache::journal::format::Record::decode(no_prefix.as_bytes()).is_err());
     }
 }

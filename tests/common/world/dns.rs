@@ -1,5 +1,7 @@
 //! The world's DNS server: hickory-server's in-memory catalog for the `test.` zone, behind a
-//! handler that counts queries and, for names a test chooses, answers SERVFAIL or nothing.
+//! handler that counts queries and, for names a test chooses, answers SERVFAIL or nothing, and
+//! plays a validating resolver for the names under a "signed" suffix: their answers carry
+//! `AD=1` when the query asked for it (RFC 6840 §5.7: `AD=1` or `DO=1` in the query).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +11,7 @@ use std::{
 };
 
 use hickory_resolver::{
-    net::runtime::TokioRuntimeProvider,
+    net::{NetError, runtime::TokioRuntimeProvider},
     proto::{
         op::{Header, HeaderCounts, Metadata, ResponseCode},
         rr::{LowerName, Name, RData, Record, rdata::SOA},
@@ -20,7 +22,9 @@ use hickory_server::{
     net::runtime::Time,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     store::in_memory::InMemoryZoneHandler,
-    zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType},
+    zone_handler::{
+        AxfrPolicy, Catalog, MessageResponse, MessageResponseBuilder, ZoneHandler, ZoneType,
+    },
 };
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -43,15 +47,7 @@ impl DnsServer {
             ZoneType::Primary,
             AxfrPolicy::Deny,
         );
-        let soa = SOA::new(
-            Name::from_ascii("ns.test.").expect("World: valid mname"),
-            Name::from_ascii("hostmaster.test.").expect("World: valid rname"),
-            1,
-            3600,
-            600,
-            86400,
-            DNS_TTL,
-        );
+        let soa = world_soa(DNS_TTL);
         assert!(
             zone.upsert_mut(
                 Record::from_rdata(origin.clone(), DNS_TTL, RData::SOA(soa)),
@@ -105,11 +101,35 @@ impl DnsServer {
     }
 }
 
+/// The SOA of `test.`, its MINIMUM (the negative-caching TTL, RFC 2308 §4) `minimum`.
+pub(super) fn world_soa(minimum: u32) -> SOA {
+    SOA::new(
+        Name::from_ascii("ns.test.").expect("World: valid mname"),
+        Name::from_ascii("hostmaster.test.").expect("World: valid rname"),
+        1,
+        3600,
+        600,
+        86400,
+        minimum,
+    )
+}
+
 #[derive(Default)]
 pub(super) struct DnsState {
     pub servfail: HashSet<String>,
     pub dropped: HashSet<String>,
     pub queries: HashMap<String, usize>,
+    /// Suffixes (lowercase FQDNs) whose names are answered with `AD=1`.
+    pub signed: HashSet<String>,
+}
+
+impl DnsState {
+    /// `name` (a lowercase FQDN) is at or under a signed suffix.
+    fn is_signed(&self, name: &str) -> bool {
+        self.signed
+            .iter()
+            .any(|s| name == s || s == "." || name.ends_with(&format!(".{s}")))
+    }
 }
 
 enum DnsAction {
@@ -132,12 +152,16 @@ impl RequestHandler for WorldDnsHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let asked_for_ad = request.metadata.authentic_data
+            || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let mut authentic = false;
         let action = match request.queries.queries().first() {
             None => DnsAction::Answer,
             Some(q) => {
                 let key = fqdn(&q.name().to_string());
                 let mut st = lock(&self.state);
                 *st.queries.entry(key.clone()).or_insert(0) += 1;
+                authentic = asked_for_ad && st.is_signed(&key);
                 if st.dropped.contains(&key) {
                     DnsAction::Drop
                 } else if st.servfail.contains(&key) {
@@ -148,6 +172,12 @@ impl RequestHandler for WorldDnsHandler {
             }
         };
         match action {
+            DnsAction::Answer if authentic => {
+                let handle = AuthenticHandle {
+                    inner: response_handle,
+                };
+                self.catalog.handle_request::<_, T>(request, handle).await
+            }
             DnsAction::Answer => {
                 self.catalog
                     .handle_request::<R, T>(request, response_handle)
@@ -166,6 +196,31 @@ impl RequestHandler for WorldDnsHandler {
             }
             DnsAction::Drop => header_info(request, ResponseCode::NoError),
         }
+    }
+}
+
+/// Sets `AD=1` on the response before it is sent, as a validating resolver does for data it
+/// found secure (RFC 4035 §3.2.3).
+#[derive(Clone)]
+struct AuthenticHandle<R> {
+    inner: R,
+}
+
+#[async_trait::async_trait]
+impl<R: ResponseHandler> ResponseHandler for AuthenticHandle<R> {
+    async fn send_response<'a>(
+        &mut self,
+        mut response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        response.metadata_mut().authentic_data = true;
+        self.inner.send_response(response).await
     }
 }
 

@@ -1,0 +1,326 @@
+//! DANE states for the lookup path (RFC 7672, RFC 8461 §2): a cached state is answered with no
+//! network work; a miss starts one DANE discovery per destination (later lookups of the same
+//! destination join it) and waits for it up to the lookup deadline; a background task checks
+//! every cached state again before its TTL runs out. A failed discovery keeps a cached state
+//! until it expires, and with nothing cached it is a failure the answer layer turns into TEMP:
+//! Postfix itself defers a destination whose TLSA lookups fail (RFC 7672 §2.1.1).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::cache::DaneCache;
+use crate::cache::dane::DaneEntry;
+use crate::cache::journal::{Record, Store};
+use crate::cache::schedule::{Due, Schedule};
+use crate::clock::Clock;
+use crate::dane::{DaneState, Destination};
+use crate::discovery::{DaneSource, discover_dane};
+use crate::key::Skip;
+use crate::metrics::Metrics;
+
+/// What a lookup learnt about a destination's DANE state.
+#[derive(Debug, Clone)]
+pub enum DaneLookup {
+    /// The key is not a destination DANE applies to (address literal, parent-domain probe...).
+    Skipped(Skip),
+    State(Arc<DaneEntry>),
+    /// Nothing valid is cached and it could not be learnt now (DNS failure, deadline, no
+    /// DNSSEC-capable source configured).
+    Failed(Arc<str>),
+}
+
+/// The DANE side of the resolver. Idle (no source) unless a map asks for DANE.
+pub struct DaneResolver {
+    cache: DaneCache,
+    source: RwLock<Option<Arc<dyn DaneSource>>>,
+    clock: Arc<dyn Clock>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<DaneLookup>>>>,
+    schedule: Schedule,
+    store: Option<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl DaneResolver {
+    pub fn new(max_entries: usize, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> DaneResolver {
+        DaneResolver {
+            cache: DaneCache::new(max_entries),
+            source: RwLock::new(None),
+            clock,
+            inflight: Mutex::new(HashMap::new()),
+            schedule: Schedule::default(),
+            store: None,
+            metrics,
+        }
+    }
+
+    pub(super) fn set_store(&mut self, store: Store) {
+        self.store = Some(store);
+    }
+
+    pub(super) fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
+    }
+
+    /// Puts a DNSSEC-aware source in place (at start and on reload); None switches DANE
+    /// discovery off, cached states are still answered.
+    pub fn set_source(&self, source: Option<Arc<dyn DaneSource>>) {
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+    }
+
+    pub fn cache(&self) -> &DaneCache {
+        &self.cache
+    }
+
+    /// The DANE state for a Postfix key: cached, or learnt now within `deadline`.
+    pub async fn lookup(self: &Arc<Self>, key: &[u8], deadline: Duration) -> DaneLookup {
+        let dest = match Destination::from_key(key) {
+            Ok(d) => d,
+            Err(skip) => return DaneLookup::Skipped(skip),
+        };
+        let k = dest.key();
+        if let Some(entry) = self.cache.get(&k, self.clock.now()) {
+            return DaneLookup::State(entry);
+        }
+        let mut rx = self.join_or_start(k.clone(), dest);
+        match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(r)) => r
+                .clone()
+                .unwrap_or_else(|| DaneLookup::Failed("no result".into())),
+            Ok(Err(_)) => DaneLookup::Failed("DANE discovery ended without a result".into()),
+            Err(_) => {
+                info!(
+                    destination = k,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "DANE lookup deadline passed; answering TEMP, discovery continues"
+                );
+                DaneLookup::Failed("DANE lookup deadline exceeded".into())
+            }
+        }
+    }
+
+    /// Discovers the DANE state of the destination `key` (as [`Destination::key`] spells it)
+    /// now, or joins the discovery running; for the refresh task and `ctl refresh`.
+    pub async fn refresh(self: &Arc<Self>, key: &str) -> DaneLookup {
+        let dest = match Destination::from_key(key.as_bytes()) {
+            Ok(d) => d,
+            Err(skip) => return DaneLookup::Skipped(skip),
+        };
+        let mut rx = self.join_or_start(key.to_string(), dest);
+        match rx.wait_for(Option::is_some).await {
+            Ok(r) => r
+                .clone()
+                .unwrap_or_else(|| DaneLookup::Failed("no result".into())),
+            Err(_) => DaneLookup::Failed("DANE discovery ended without a result".into()),
+        }
+    }
+
+    fn join_or_start(
+        self: &Arc<Self>,
+        key: String,
+        dest: Destination,
+    ) -> watch::Receiver<Option<DaneLookup>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = inflight.get(&key) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(key.clone(), rx.clone());
+        drop(inflight);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = Inflight {
+                resolver: &this,
+                key: &key,
+            };
+            let r = this.discover_and_apply(&key, &dest).await;
+            let _ = tx.send(Some(r));
+        });
+        rx
+    }
+
+    async fn discover_and_apply(&self, key: &str, dest: &Destination) -> DaneLookup {
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(source) = source else {
+            return DaneLookup::Failed("DANE is not enabled (no map has dane = true)".into());
+        };
+        let d = discover_dane(&*source, dest).await;
+        let now = self.clock.now();
+        let elapsed_ms = d.elapsed.as_millis() as u64;
+        match d.outcome {
+            Ok(state) => {
+                self.metrics.dane.discovery(state.verdict.label());
+                let entry = Arc::new(DaneEntry::new(state, now));
+                // On disk before it is answered, as for a new MTA-STS policy: a restart must
+                // not forget a destination's DANE and fall back to a weaker answer.
+                if let Some(store) = &self.store
+                    && let Err(e) = store.write(Record::dane(key, entry.clone())).await
+                {
+                    self.metrics.store_write_error();
+                    warn!(error = %e, "cannot persist a DANE state; serving from memory");
+                }
+                let next = entry.refresh_at();
+                let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
+                self.schedule.push(stored, next);
+                log_change(
+                    key,
+                    old.as_deref().map(|e| &e.state),
+                    &entry.state,
+                    elapsed_ms,
+                );
+                DaneLookup::State(entry)
+            }
+            Err(failure) => {
+                self.metrics.dane.discovery("failed");
+                match self.cache.failed(key, now) {
+                    Some(kept) => {
+                        self.schedule.push(key.into(), kept.next_check);
+                        if kept.failures == 1 || kept.failures.is_multiple_of(16) {
+                            warn!(destination = key, failures = kept.failures, reason = %failure,
+                                  verdict = %kept.entry.state.verdict,
+                                  "DANE refresh failed; keeping the cached DANE state until it expires");
+                        }
+                        DaneLookup::State(kept.entry)
+                    }
+                    None => {
+                        info!(destination = key, reason = %failure, elapsed_ms,
+                              "DANE state unknown (a lookup failed); answered TEMP until DNS answers");
+                        DaneLookup::Failed(failure.to_string().into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a state loaded from disk back (warm restart), checked again when it is due.
+    pub fn preload(&self, key: &str, entry: Arc<DaneEntry>) {
+        let now = self.clock.now();
+        let at = entry.refresh_at().max(now);
+        let (stored, _) = self.cache.insert(key, entry, at, now);
+        self.schedule.push(stored, at);
+    }
+
+    /// Removes a destination's state from memory and the journal (`ctl evict`).
+    pub fn evict(&self, key: &str) -> bool {
+        let removed = self.cache.remove(key);
+        if removed && let Some(store) = &self.store {
+            store.write_nowait(Record::dane_remove(key));
+        }
+        removed
+    }
+
+    /// The earliest scheduled check, popped if it is due now.
+    pub fn pop_due(&self) -> Due {
+        self.schedule
+            .pop_due(self.clock.now(), |k| self.cache.refresh_at(k))
+    }
+
+    pub async fn schedule_changed(&self) {
+        self.schedule.changed().await;
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+struct Inflight<'a> {
+    resolver: &'a DaneResolver,
+    key: &'a str,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.resolver
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key);
+    }
+}
+
+/// A changed verdict is worth a line; a weaker one (dane-only → dane or to MTA-STS) a warning.
+fn log_change(key: &str, old: Option<&DaneState>, new: &DaneState, elapsed_ms: u64) {
+    let hosts = new.hosts.len();
+    let ttl_s = new.ttl.as_secs();
+    match old {
+        None => info!(destination = key, verdict = %new.verdict, hosts, ttl_s, elapsed_ms,
+                      "DANE state learnt"),
+        Some(o) if o.verdict == new.verdict => {
+            debug!(destination = key, verdict = %new.verdict, "DANE state unchanged");
+        }
+        Some(o) if rank(new.verdict) < rank(o.verdict) => warn!(
+            destination = key, old = %o.verdict, new = %new.verdict, hosts,
+            "DANE state weakened"),
+        Some(o) => info!(destination = key, old = %o.verdict, new = %new.verdict, hosts,
+                         "DANE state changed"),
+    }
+}
+
+fn rank(v: crate::dane::Verdict) -> u8 {
+    use crate::dane::Verdict::*;
+    match v {
+        DaneOnly => 3,
+        Dane => 2,
+        NullMx | NxDomain => 1,
+        Unsigned | NoTlsa => 0,
+    }
+}
+
+/// Runs until `shutdown` turns true: checks every cached DANE state again at three quarters of
+/// its TTL (so one failed check still leaves time before it expires), at most `concurrency`
+/// at once.
+pub async fn refresh_loop(
+    resolver: Arc<DaneResolver>,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let wait = match resolver.pop_due() {
+            Due::Domain(key) => {
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => break,
+                };
+                let r = resolver.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    debug!(destination = key, "refreshing DANE state");
+                    r.refresh(&key).await;
+                });
+                continue;
+            }
+            Due::At(t) => t
+                .duration_since(resolver.clock().now())
+                .unwrap_or_default()
+                .min(Duration::from_secs(60)),
+            Due::Idle => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = resolver.schedule_changed() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let swept = resolver.cache.sweep(resolver.clock().now());
+        if swept > 0 {
+            debug!(removed = swept, "expired DANE states removed from memory");
+        }
+    }
+    tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests;
