@@ -118,8 +118,7 @@ pub struct Daemon {
     /// Ends connections, refresh, metrics and the control socket.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    /// Ends the task applying the fleet's operator channel (replaced when a reload changes
-    /// `[fleet]`).
+    /// Dropped or set: the task applying the fleet's operator channel ends.
     fleet_stop: Option<watch::Sender<bool>>,
 }
 
@@ -328,11 +327,8 @@ impl Daemon {
         )
         .with_store(store.clone())
         .with_metrics(metrics.clone());
-        let fleet = match fleet_settings {
-            Some(s) => Some(Fleet::new(s, metrics.clone()).map_err(StartError::Config)?),
-            None => None,
-        };
-        let resolver = resolver.with_fleet(fleet);
+        let fleet = Fleet::replace(None, fleet_settings, &metrics).map_err(StartError::Config)?;
+        let resolver = resolver.with_fleet(fleet.0);
         let resolver = match opts.dane.or_else(|| dane_source(&config)) {
             Some(source) => resolver.with_dane_source(source),
             None => resolver,
@@ -539,18 +535,9 @@ impl Daemon {
         }
 
         // `[fleet]`, and the password file read again: a changed one reconnects.
-        let fleet = match fleet_settings(&new)? {
-            Some(s) => match self.resolver.fleet() {
-                Some(f) if f.same_settings(&s) => Some(f),
-                _ => Some(Fleet::new(s, self.shared.metrics.clone())?),
-            },
-            None => None,
-        };
-        let fleet_changed = match (&fleet, self.resolver.fleet()) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, &b),
-            (a, b) => a.is_some() != b.is_some(),
-        };
-
+        let fleet = fleet_settings(&new)?;
+        let (fleet, fleet_changed) =
+            Fleet::replace(self.resolver.fleet(), fleet, &self.shared.metrics)?;
         let new = Arc::new(new);
         self.shared.set_config(new.clone());
         self.resolver.reconfigure(source, settings(&new));
@@ -604,29 +591,15 @@ impl Daemon {
 
     /// (Re)starts the task that applies the fleet's operator channel, if in a fleet.
     fn follow_fleet(&mut self) {
-        if let Some(stop) = self.fleet_stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(fleet) = self.resolver.fleet() {
-            info!(redis = fleet.redis(), "fleet cache in use");
-            let (tx, rx) = watch::channel(false);
-            let mut all = self.shutdown.subscribe();
-            let mut mine = rx.clone();
-            let (stop_tx, stop_rx) = watch::channel(false);
-            // Ends with the daemon or when replaced, whichever comes first.
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = all.wait_for(|s| *s) => {}
-                    _ = mine.wait_for(|s| *s) => {}
-                }
-                let _ = stop_tx.send(true);
-            });
-            self.fleet_stop = Some(tx);
-            self.tasks
-                .spawn(refresh::follow(self.resolver.clone(), fleet, stop_rx));
-        } else {
-            self.shared.metrics.fleet().set_up(false);
-        }
+        self.fleet_stop = None;
+        let Some(fleet) = self.resolver.fleet() else {
+            return self.shared.metrics.fleet().set_up(false);
+        };
+        info!(redis = fleet.redis(), "fleet cache in use");
+        let (stop, replaced) = watch::channel(false);
+        self.fleet_stop = Some(stop);
+        let (r, all) = (self.resolver.clone(), self.shutdown.subscribe());
+        self.tasks.spawn(refresh::follow(r, fleet, all, replaced));
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -797,27 +770,17 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
     })
 }
 
-/// The fleet's settings from `[fleet]`, with the password read from its file (first line);
-/// None when `[fleet]` is off. The error names the file, never its content.
+/// The fleet's settings from `[fleet]` and its password file; None when `[fleet]` is off. The
+/// lease outlasts one discovery (both timeouts): its holder publishes before it ends.
 fn fleet_settings(config: &Config) -> Result<Option<FleetSettings>, String> {
     let Some(f) = &config.fleet else {
         return Ok(None);
     };
-    let password = match &f.password_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("fleet.password_file: {}: {e}", p.display()))?;
-            Some(text.lines().next().unwrap_or("").to_string())
-        }
-        None => None,
-    };
     Ok(Some(FleetSettings {
         redis: f.redis.clone(),
-        password,
+        password: f.password()?,
         key_prefix: f.key_prefix.clone(),
         timeout: f.timeout,
-        // Longer than one discovery can take (both timeouts), so that a lease holder's result
-        // is published before the lease ends.
         lease: config.lookup_deadline() + Duration::from_secs(5),
         max_negative: config.cache.negative_ttl,
     }))

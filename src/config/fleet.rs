@@ -27,6 +27,19 @@ pub struct FleetConfig {
     pub timeout: Duration,
 }
 
+impl FleetConfig {
+    /// The password: the first line of `password_file`, read now (at start and on every
+    /// reload). The error names the file, never its content.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        let Some(p) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("fleet.password_file: {}: {e}", p.display()))?;
+        Ok(Some(text.lines().next().unwrap_or("").to_string()))
+    }
+}
+
 pub(super) fn validate_fleet(
     ctx: &Ctx<'_>,
     raw: RawFleet,

@@ -96,12 +96,27 @@ pub async fn due(resolver: &Arc<Resolver>, domain: &str) {
     resolver.refresh(domain).await;
 }
 
-/// Runs until `shutdown` turns true: applies the operator verbs that other hosts of the fleet
-/// publish on its channel (`cache/fleet/channel.rs`): `ctl evict`, `ctl refresh`, `ctl purge`.
-pub async fn follow(resolver: Arc<Resolver>, fleet: Arc<Fleet>, shutdown: watch::Receiver<bool>) {
+/// Runs until `shutdown` turns true or `replaced` does or is dropped: applies the operator verbs that other hosts
+/// of the fleet publish on its channel (`cache/fleet/channel.rs`): `ctl evict`, `ctl refresh`,
+/// `ctl purge`.
+pub async fn follow(
+    resolver: Arc<Resolver>,
+    fleet: Arc<Fleet>,
+    mut shutdown: watch::Receiver<bool>,
+    mut replaced: watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel(64);
-    let listener = tokio::spawn(channel::listen(fleet, tx, shutdown));
-    while let Some(cmd) = rx.recv().await {
+    let (stop, stopped) = watch::channel(false);
+    let listener = tokio::spawn(channel::listen(fleet, tx, stopped));
+    loop {
+        let cmd = tokio::select! {
+            c = rx.recv() => c,
+            _ = shutdown.wait_for(|s| *s) => None,
+            _ = replaced.wait_for(|s| *s) => None,
+        };
+        let Some(cmd) = cmd else {
+            break;
+        };
         let verb = cmd.verb();
         match cmd {
             Command::Evict(d) | Command::Refresh(d)
@@ -126,6 +141,7 @@ pub async fn follow(resolver: Arc<Resolver>, fleet: Arc<Fleet>, shutdown: watch:
             }
         }
     }
+    let _ = stop.send(true);
     listener.abort();
 }
 

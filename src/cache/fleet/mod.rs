@@ -109,6 +109,20 @@ impl Fleet {
         }))
     }
 
+    /// The fleet to use with `settings` (None: off), given the one in use: kept when nothing
+    /// changed, so that a reload does not drop the connection. Also whether it changed.
+    pub fn replace(
+        current: Option<Arc<Fleet>>,
+        settings: Option<Settings>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Option<Arc<Fleet>>, bool), String> {
+        match (settings, current) {
+            (None, current) => Ok((None, current.is_some())),
+            (Some(s), Some(f)) if f.same_settings(&s) => Ok((Some(f), false)),
+            (Some(s), _) => Ok((Some(Fleet::new(s, metrics.clone())?), true)),
+        }
+    }
+
     /// Whether `other` would connect to the same server the same way (a reload keeps the
     /// connection when nothing changed).
     pub fn same_settings(&self, other: &Settings) -> bool {
