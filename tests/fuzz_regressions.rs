@@ -5,6 +5,8 @@
 
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
+#[path = "../fuzz/src/fleet.rs"]
+mod fleet_checks;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,6 +65,11 @@ fn fuzz_seeds_answer_render() {
 #[test]
 fn fuzz_seeds_store_load() {
     corpus("store_load", checks::store_load);
+}
+
+#[test]
+fn fuzz_seeds_fleet_value() {
+    corpus("fleet_value", fleet_checks::fleet_value);
 }
 
 // ---- single inputs, written out so that the invariant they pin is readable ------------------
@@ -197,4 +204,25 @@ fn fuzz_store_reopen_same_set() {
     input.extend_from_slice(lines.join("\n").as_bytes());
     input.push(b'\n');
     assert_eq!(checks::decode_store_case(&input), (journal, now));
+}
+
+/// The `fleet_value` seeds reach the accepting path (a policy and a "no policy") as well as
+/// each kind of refusal.
+#[test]
+fn fuzz_fleet_value_seeds_are_accepted_and_refused_as_named() {
+    use mta_sts_policyd::cache::fleet::codec::{Decoded, decode};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/fleet_value");
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let hour = Duration::from_secs(3600);
+    let seed = |name: &str| std::fs::read(dir.join(name)).expect("seed");
+    for accepted in ["policy", "negative", "policy-clamped-max-age"] {
+        let r = decode("example.test", &seed(accepted), now, hour);
+        assert!(matches!(r, Ok(Decoded::Entry(_))), "{accepted}: {r:?}");
+    }
+    for refused in ["future-fetch", "other-domain", "garbage"] {
+        assert!(
+            decode("example.test", &seed(refused), now, hour).is_err(),
+            "{refused}"
+        );
+    }
 }
