@@ -634,3 +634,72 @@ fn check_config_shows_the_fleet_but_never_the_password() {
     );
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// DANE states are shared like policies: a second daemon whose DNS answers nothing gives the
+/// DANE answer the first one learnt, from the fleet cache (and keeps it on its own disk).
+#[tokio::test]
+async fn a_dane_state_learnt_by_one_daemon_is_answered_by_another_without_dns() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start(&[]).await;
+    let fleet = format!(
+        "{}\n[maps.dane]\ndane = true\n",
+        fleet_section(&redis.url(), "")
+    );
+    let w = World::start().await;
+    w.good_domain("good.test", "1", &enforce_body(&["mx.good.test"]))
+        .await;
+    w.set_mx("good.test", &[(10, "mx.good.test")]).await;
+    w.set_a("mx.good.test", std::net::Ipv4Addr::new(192, 0, 2, 25))
+        .await;
+    w.set_tlsa("_25._tcp.mx.good.test", &[(3, 1, 1, &[0xab; 32])])
+        .await;
+    w.sign("good.test");
+    let a = config(&w, "a", &fleet).start().await;
+    let b = config(&w, "b", &fleet)
+        .nameserver("127.0.0.1:9")
+        .https_port(9)
+        .start()
+        .await;
+    let ask = |d: &TestDaemon| {
+        let addr = d.socketmap;
+        async move {
+            common::harness::SocketmapClient::connect(addr)
+                .await
+                .query("dane", b"good.test")
+                .await
+        }
+    };
+    assert_eq!(ask(&a).await, "OK dane-only");
+    let shared = redis
+        .wait_for("mta-sts:dane:good.test", |v| v.is_some())
+        .await
+        .unwrap();
+    assert!(shared.contains("\"verdict\":\"dane-only\""), "{shared}");
+    redis.wait_for(KEY_GOOD, |v| v.is_some()).await;
+    let queries = w.dns_queries("_25._tcp.mx.good.test");
+    assert_eq!(ask(&b).await, "OK dane-only");
+    assert_eq!(
+        b.ask("good.test").await,
+        SECURE_GOOD,
+        "the plain map: MTA-STS"
+    );
+    assert_eq!(
+        w.dns_queries("_25._tcp.mx.good.test"),
+        queries,
+        "B asked no DNS"
+    );
+    b.daemon.shutdown().await;
+    let journal = std::fs::read_to_string(w.dir().join("b").join("policies.journal")).unwrap();
+    assert!(journal.contains("\"d\":\"dane:good.test\""), "{journal}");
+
+    // A fleet-wide evict takes the shared DANE state too.
+    let sock = w.dir().join("a.sock");
+    let e = ctl(&sock, json!({"verb": "evict", "domain": "good.test"})).await;
+    assert_eq!(e["evicted"], true, "{e}");
+    redis
+        .wait_for("mta-sts:dane:good.test", |v| v.is_none())
+        .await;
+    a.daemon.shutdown().await;
+}

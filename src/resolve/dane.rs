@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::DaneCache;
 use crate::cache::dane::DaneEntry;
+use crate::cache::fleet::Fleet;
 use crate::cache::journal::{Record, Store};
 use crate::cache::schedule::{Due, Schedule};
 use crate::clock::Clock;
@@ -42,6 +43,8 @@ pub struct DaneResolver {
     schedule: Schedule,
     store: Option<Store>,
     metrics: Arc<Metrics>,
+    /// The fleet's shared cache (`[fleet]`): asked before DNS, told every discovery.
+    fleet: RwLock<Option<Arc<Fleet>>>,
 }
 
 impl DaneResolver {
@@ -54,7 +57,49 @@ impl DaneResolver {
             schedule: Schedule::default(),
             store: None,
             metrics,
+            fleet: RwLock::new(None),
         }
+    }
+
+    /// Joins, leaves or changes the fleet (start and reload, with the policies' fleet).
+    pub fn set_fleet(&self, fleet: Option<Arc<Fleet>>) {
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = fleet;
+    }
+
+    fn fleet(&self) -> Option<Arc<Fleet>> {
+        self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A state another host of the fleet learnt more recently than this one's and not yet due
+    /// for a check: taken as if discovered here (journal first), so a fleet asks DNS about a
+    /// destination about once per check interval, not once per host.
+    async fn from_fleet(&self, key: &str) -> Option<Arc<DaneEntry>> {
+        let fleet = self.fleet()?;
+        let now = self.clock.now();
+        let shared = fleet.get_dane(key, now).await?;
+        let local = self.cache.peek(key);
+        if shared.refresh_at() <= now || local.as_ref().is_some_and(|l| l.checked >= shared.checked)
+        {
+            return None;
+        }
+        let entry = Arc::new(shared);
+        if let Some(store) = &self.store
+            && let Err(e) = store.write(Record::dane(key, entry.clone())).await
+        {
+            self.metrics.store_write_error();
+            warn!(error = %e, "cannot persist a DANE state; serving from memory");
+        }
+        let next = entry.refresh_at();
+        let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
+        self.schedule.push(stored, next);
+        debug!(destination = key, verdict = %entry.state.verdict, "DANE state taken from the fleet cache");
+        if old
+            .as_ref()
+            .is_some_and(|o| o.state.verdict != entry.state.verdict)
+        {
+            log_change(key, old.as_deref().map(|e| &e.state), &entry.state, 0);
+        }
+        Some(entry)
     }
 
     pub(super) fn set_store(&mut self, store: Store) {
@@ -151,6 +196,9 @@ impl DaneResolver {
         let Some(source) = source else {
             return DaneLookup::Failed("DANE is not enabled (no map has dane = true)".into());
         };
+        if let Some(entry) = self.from_fleet(key).await {
+            return DaneLookup::State(entry);
+        }
         let d = discover_dane(&*source, dest).await;
         let now = self.clock.now();
         let elapsed_ms = d.elapsed.as_millis() as u64;
@@ -169,6 +217,9 @@ impl DaneResolver {
                 let next = entry.refresh_at();
                 let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
                 self.schedule.push(stored, next);
+                if let Some(fleet) = self.fleet() {
+                    fleet.publish_dane(key, &entry, now);
+                }
                 log_change(
                     key,
                     old.as_deref().map(|e| &e.state),

@@ -128,7 +128,8 @@ pub async fn follow(
                 );
             }
             Command::Evict(d) => {
-                if resolver.evict(&d) {
+                let dane = resolver.dane().evict(&d);
+                if resolver.evict(&d) | dane {
                     warn!(domain = d, "evicted by an operator of the fleet");
                 }
             }

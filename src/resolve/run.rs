@@ -438,6 +438,7 @@ impl Resolver {
 
     /// Joins, leaves or changes the fleet (reload).
     pub fn set_fleet(&self, fleet: Option<Arc<Fleet>>) {
+        self.dane.set_fleet(fleet.clone());
         *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = fleet;
     }
 

@@ -94,7 +94,11 @@ pub async fn broadcast(fleet: &Fleet, cmd: &Command) -> Result<u64, Failure> {
 /// miss anywhere would take them back), then every other daemon is told; how many were.
 pub async fn everywhere(fleet: &Fleet, cmd: &Command) -> Result<u64, Failure> {
     match cmd {
-        Command::Evict(d) => fleet.forget(d).await?,
+        Command::Evict(d) => {
+            fleet.forget(d).await?;
+            // The domain's own DANE state (its MX destination) goes with its policy.
+            fleet.forget_dane(d).await?;
+        }
         Command::Purge => {
             fleet.forget_all().await?;
         }

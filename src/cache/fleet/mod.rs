@@ -11,16 +11,17 @@
 //!
 //! Owns the connection and breaker (`client.rs`), the value format (`codec.rs`, pure), the
 //! refresh lease (`lease.rs`) and the operator channel (`channel.rs`); this file is the handle
-//! the resolver uses. Keys: `<prefix>policy:<domain>`, `<prefix>lease:<domain>`; channel:
-//! `<prefix>ctl`.
+//! the resolver uses; `dane.rs` shares DANE states the same way. Keys: `<prefix>policy:<domain>`,
+//! `<prefix>dane:<destination>`, `<prefix>lease:<domain>`; channel: `<prefix>ctl`.
 //!
-//! May import: `policy`, `metrics`, and `cache::memory`'s types. Never the resolver, discovery
+//! May import: `policy`, `dane`, `metrics`, and `cache::memory`'s and `cache::dane`'s types. Never the resolver, discovery
 //! or the servers. Inside: `client` and `codec` are leaves, `lease` uses `client`, this file
 //! uses the three, and `channel` uses this file.
 
 pub mod channel;
 pub mod client;
 pub mod codec;
+pub mod dane;
 pub mod lease;
 
 use std::collections::hash_map::RandomState;
@@ -251,7 +252,17 @@ impl Fleet {
 
     /// Removes every shared entry of this fleet's prefix (fleet-wide purge); the count removed.
     pub async fn forget_all(&self) -> Result<u64, Failure> {
-        let pattern = format!("{}policy:*", glob_escape(&self.settings.key_prefix));
+        let mut removed = 0u64;
+        for pattern in [
+            format!("{}policy:*", glob_escape(&self.settings.key_prefix)),
+            self.dane_pattern(),
+        ] {
+            removed += self.forget_matching(&pattern).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn forget_matching(&self, pattern: &str) -> Result<u64, Failure> {
         let mut cursor = 0u64;
         let mut removed = 0u64;
         loop {
