@@ -73,7 +73,7 @@ impl DaneResolver {
     /// A state another host of the fleet learnt more recently than this one's and not yet due
     /// for a check: taken as if discovered here (journal first), so a fleet asks DNS about a
     /// destination about once per check interval, not once per host.
-    async fn from_fleet(&self, key: &str) -> Option<Arc<DaneEntry>> {
+    async fn take_from_fleet(&self, key: &str) -> Option<Arc<DaneEntry>> {
         let fleet = self.fleet()?;
         let now = self.clock.now();
         let shared = fleet.get_dane(key, now).await?;
@@ -196,7 +196,7 @@ impl DaneResolver {
         let Some(source) = source else {
             return DaneLookup::Failed("DANE is not enabled (no map has dane = true)".into());
         };
-        if let Some(entry) = self.from_fleet(key).await {
+        if let Some(entry) = self.take_from_fleet(key).await {
             return DaneLookup::State(entry);
         }
         let d = discover_dane(&*source, dest).await;

@@ -269,7 +269,7 @@ impl Fleet {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000);
             let (next, keys): (u64, Vec<Vec<u8>>) = self.client.run(&scan).await?;
