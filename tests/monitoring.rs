@@ -116,6 +116,7 @@ fn every_alert_has_a_summary_description_severity_and_runbook() {
             "MtaStsDiscoveryFailureRatioHigh",
             "MtaStsCacheNearlyFull",
             "MtaStsPoliciesExpiringWithoutRefresh",
+            "MtaStsFleetCacheUnavailable",
         ]
     );
     // Each rule's text runs from its `- alert:` line to the next one.
@@ -234,6 +235,7 @@ fn dashboard_has_stable_ids_the_rows_and_a_query_per_panel() {
             (400, "Journal"),
             (500, "Connections"),
             (600, "DANE"),
+            (700, "Fleet"),
         ]
     );
     let mut ids = BTreeSet::new();
