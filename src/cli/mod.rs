@@ -3,8 +3,10 @@
 //! policy logic of its own.
 //!
 //! One file per command: `serve` (logging, daemon start, signal loop), `query`, `ctl`
-//! (the control-socket client) and `check_config` (`check-config` and `check`), over two
-//! leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
+//! (the control-socket client) and `check_config` (`check-config` and `check`), over the
+//! leaves `exit` (sysexits.h statuses), `source` (the network policy source), `journald` (the
+//! journal's native protocol for `serve`'s logs) and `progress` (the long `ctl` verbs' bar or
+//! plain lines). Exit
 //! statuses: 0 success, 1 a finding or a negative answer, 64 usage, 69 unavailable, 70 software,
 //! 73 state directory, 77 permission, 78 configuration.
 
@@ -21,6 +23,8 @@ use crate::service;
 mod check_config;
 mod ctl;
 mod exit;
+mod journald;
+mod progress;
 mod query;
 mod serve;
 mod source;
