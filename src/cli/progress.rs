@@ -3,10 +3,11 @@
 //! a pipe, a cron job) a plain line every [`PLAIN_EVERY`], so that short runs print nothing and
 //! long ones show they are alive without filling the log.
 
-use std::io::{IsTerminal, Write};
+use std::fmt;
+use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// The time between two plain progress lines.
 pub(super) const PLAIN_EVERY: Duration = Duration::from_secs(2);
@@ -35,9 +36,17 @@ impl Progress {
         let out = if terminal {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix}: [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
+                "{prefix}: [{bar:30}] {pos}/{len} ({rate}, {eta} left)",
             )
-            .map(|s| s.progress_chars("=> "))
+            .map(|s| {
+                // Whole items per second, as the plain lines say it.
+                s.progress_chars("=> ").with_key(
+                    "rate",
+                    |st: &ProgressState, w: &mut dyn fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", st.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(label);
