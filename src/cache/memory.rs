@@ -442,15 +442,38 @@ impl Cache {
 
     /// Applies one change under one exclusive lock.
     pub fn apply(&self, domain: &str, change: Change, now: SystemTime) -> Applied {
+        self.apply_locked(&mut self.write(), domain, change, now)
+    }
+
+    /// Applies changes in order under one exclusive lock (an import's batch): lookups wait for
+    /// the lock once per batch instead of once per policy.
+    pub fn apply_many<D: AsRef<str>>(
+        &self,
+        changes: impl IntoIterator<Item = (D, Change)>,
+        now: SystemTime,
+    ) -> Vec<Applied> {
+        let mut slots = self.write();
+        changes
+            .into_iter()
+            .map(|(domain, change)| self.apply_locked(&mut slots, domain.as_ref(), change, now))
+            .collect()
+    }
+
+    fn apply_locked(
+        &self,
+        slots: &mut Slots,
+        domain: &str,
+        change: Change,
+        now: SystemTime,
+    ) -> Applied {
         match change {
             Change::None => Applied::default(),
             Change::Policy { entry, next_check } => {
-                let mut slots = self.write();
                 let key = slots
                     .get_key_value(domain)
                     .map(|(k, _)| k.clone())
                     .unwrap_or_else(|| domain.into());
-                self.put_policy(&mut slots, key.clone(), entry, next_check, now);
+                self.put_policy(slots, key.clone(), entry, next_check, now);
                 Applied {
                     stored: true,
                     key: Some(key),
@@ -462,13 +485,12 @@ impl Cache {
                 failure,
                 until,
             } => {
-                let mut slots = self.write();
                 if let Some(Slot::Policy { entry, .. }) = slots.get(domain)
                     && entry.is_valid(now)
                 {
                     return Applied::default();
                 }
-                self.make_room(&mut slots, domain, now);
+                self.make_room(slots, domain, now);
                 // A domain already cached keeps its key: the schedule may share it.
                 let key = slots
                     .get_key_value(domain)
@@ -490,7 +512,6 @@ impl Cache {
                 }
             }
             Change::Checked { next_check, error } => {
-                let mut slots = self.write();
                 match slots.get_key_value(domain).map(|(k, _)| k.clone()) {
                     Some(key) => {
                         if let Some(Slot::Policy {
@@ -521,7 +542,7 @@ impl Cache {
                 }
             }
             Change::Remove => Applied {
-                stored: self.write().remove(domain).is_some(),
+                stored: slots.remove(domain).is_some(),
                 key: None,
                 next_check: None,
             },

@@ -1,4 +1,7 @@
 //! `ctl`: the client of the running daemon's control socket, and the printing of its replies.
+//! The long verbs (`refresh --all`, `import`, `export`) ask the daemon for progress lines and
+//! show them on standard error (`progress.rs`); Ctrl-C stops the client and says what the daemon
+//! kept.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +13,10 @@ use crate::config::Config;
 use crate::serve::control;
 
 use super::exit::{EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, fail};
+use super::progress::Progress;
+
+/// The exit status after Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+const EX_INTERRUPTED: u8 = 130;
 
 /// The verbs of `ctl`, one request each.
 #[derive(Subcommand)]
@@ -110,7 +117,10 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
         }
         CtlVerb::Show { domain } => ("show", json!({"verb": "show", "domain": domain})),
         CtlVerb::Refresh { domain, all, local } => match (domain, all) {
-            (_, true) => ("refresh", json!({"verb": "refresh", "all": true})),
+            (_, true) => (
+                "refresh",
+                json!({"verb": "refresh", "all": true, "progress": true}),
+            ),
             (Some(d), false) => (
                 "refresh",
                 json!({"verb": "refresh", "domain": d, "local": local}),
@@ -127,14 +137,21 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
             "purge",
             json!({"verb": "purge", "yes": yes, "local": local}),
         ),
-        CtlVerb::Export => ("export", json!({"verb": "export"})),
+        CtlVerb::Export => ("export", json!({"verb": "export", "progress": true})),
         CtlVerb::Import { file } => {
             let text = match &file {
                 Some(f) => std::fs::read_to_string(f),
                 None => std::io::read_to_string(std::io::stdin()),
             };
             match text {
-                Ok(t) => input = Some(t.lines().map(str::to_string).collect()),
+                Ok(t) => {
+                    input = Some(
+                        t.lines()
+                            .filter(|l| !l.trim().is_empty())
+                            .map(str::to_string)
+                            .collect::<Vec<_>>(),
+                    );
+                }
                 Err(e) => {
                     let from = file
                         .as_ref()
@@ -142,11 +159,42 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
                     return fail(EX_USAGE, format!("cannot read the import {from}: {e}"));
                 }
             }
-            ("import", json!({"verb": "import"}))
+            ("import", json!({"verb": "import", "progress": true}))
         }
         CtlVerb::Reload => ("reload", json!({"verb": "reload"})),
     };
-    let lines = match control::request(&socket, &req, input).await {
+    let long = req["progress"].as_bool() == Some(true);
+    let mut progress = long.then(|| Progress::stderr(name));
+    if let (Some(p), Some(lines)) = (progress.as_mut(), input.as_ref()) {
+        p.set_total(lines.len() as u64);
+    }
+    let seen = |s: control::Seen<'_>| {
+        let Some(p) = progress.as_mut() else { return };
+        match s {
+            control::Seen::Progress(v) => {
+                if let Some(t) = v["total"].as_u64() {
+                    p.set_total(t);
+                }
+                if let Some(d) = v["done"].as_u64() {
+                    p.set_done(d);
+                }
+            }
+            control::Seen::Line => p.inc(),
+        }
+    };
+    let result = tokio::select! {
+        r = control::request_with(&socket, &req, input, seen) => r,
+        _ = tokio::signal::ctrl_c() => {
+            if let Some(p) = progress.as_mut() {
+                p.abandon();
+            }
+            return fail(EX_INTERRUPTED, interrupted(name, progress.as_ref()));
+        }
+    };
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    let lines = match result {
         Ok(l) => l,
         // `request` names the path it tried; a user who guessed the wrong one needs the way out.
         Err(e) if e.starts_with("cannot connect") => {
@@ -180,6 +228,27 @@ pub(super) async fn ctl(socket: PathBuf, verb: CtlVerb, json: bool) -> ExitCode 
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// What the daemon kept of a long verb stopped with Ctrl-C (see the README, Operations).
+fn interrupted(verb: &str, progress: Option<&Progress>) -> String {
+    let done = progress.map_or(0, Progress::done);
+    let of = progress
+        .and_then(Progress::total)
+        .map_or_else(String::new, |t| format!(" of {t}"));
+    match verb {
+        "import" => format!(
+            "interrupted: the daemon had applied at least {done}{of} lines, in whole batches \
+             each journalled before use; the lines after the last applied batch are not \
+             applied. Importing the file again is safe: the freshest fetch per domain is kept."
+        ),
+        "refresh" => format!(
+            "interrupted after {done}{of} refreshes: those under way finish, no further one \
+             starts; every policy stays cached."
+        ),
+        "export" => format!("interrupted: the export is incomplete ({done}{of} policies)"),
+        _ => "interrupted".to_string(),
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! One file per command: `serve` (logging, daemon start, signal loop), `query`, `ctl`
 //! (the control-socket client), `check_config` (`check-config` and `check`) and `completions`,
-//! over two leaves, `exit` (sysexits.h statuses) and `source` (the network policy source). Exit
+//! over the leaves `exit` (sysexits.h statuses), `source` (the network policy source),
+//! `journald` (the journal's native protocol for `serve`'s logs) and `progress` (the long `ctl`
+//! verbs' bar or plain lines). Exit
 //! statuses: 0 success, 1 a finding or a negative answer, 64 usage, 69 unavailable, 70 software,
 //! 73 state directory, 74 output error, 77 permission, 78 configuration.
 //!
@@ -25,6 +27,8 @@ mod check_config;
 mod completions;
 mod ctl;
 mod exit;
+mod journald;
+mod progress;
 mod query;
 mod serve;
 mod source;

@@ -18,13 +18,17 @@ use crate::daemon::{Daemon, Options, StartError};
 use crate::serve::control::ReloadRequest;
 use crate::service::{self, Activated, Notifier, Signal, Signals};
 
+use super::journald;
 use super::source::net_source;
 
 /// How often `STATUS=` is refreshed for `systemctl status`.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
 
-/// Logs go to stderr: text (without timestamps under systemd, whose journal adds them) or JSON
-/// lines. The level comes from `[log] level` unless `RUST_LOG` is set, and can change on reload.
+/// Logs go to stderr as text or JSON lines, except under systemd (standard error is the
+/// journal's stream) with text logs: then through the journal's native protocol, each event's
+/// fields as journal fields (`journald.rs`), or, when the journal socket cannot be reached, as
+/// text without timestamps (the journal adds them). The level comes from `[log] level` unless
+/// `RUST_LOG` is set, and can change on reload.
 pub(super) struct Logging {
     handle: reload::Handle<EnvFilter, Registry>,
     env_override: bool,
@@ -39,13 +43,20 @@ impl Logging {
             EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"))
         };
         let (filter, handle) = reload::Layer::new(filter);
-        let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+        let journal = journald::stderr_is_journal();
+        let native = if journal && !cfg.json {
+            journald::Journald::connect(&journald::socket_path()).ok()
+        } else {
+            None
+        };
         let fmt: Box<dyn Layer<_> + Send + Sync> = if cfg.json {
             Box::new(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_writer(std::io::stderr),
             )
+        } else if let Some(native) = native {
+            Box::new(native)
         } else if journal {
             Box::new(
                 tracing_subscriber::fmt::layer()

@@ -3,8 +3,10 @@
 //! `serve::metrics_http`.
 //!
 //! The lookup hot path only does relaxed atomic adds: no lock, no allocation. Map names are
-//! registered once at construction ([`Metrics::with_maps`]); a name not registered is counted
-//! under `map="other"`, so a client inventing map names cannot grow the table. Every series is
+//! registered once at construction ([`Metrics::with_maps`]); the caller labels a lookup with
+//! the map profile that answered it (a request naming no configured map is answered, and
+//! counted, by `default`), and a name not registered (a map added by a later reload) is counted
+//! under `map="other"`, so the table never grows after start. Every series is
 //! rendered from the start, zero included, so dashboards see no gaps.
 //!
 //! Series are read one by one while lookups go on, so a scrape is not an atomic snapshot across
@@ -29,7 +31,7 @@ pub use exposition::{CONTENT_TYPE, escape_label};
 use exposition::{Family, Kind, Value};
 pub use fleet::{FleetCounters, FleetError, FleetLookup};
 
-/// The map name unknown map names are counted under.
+/// The label of map profiles not registered at start (added by a reload since).
 pub const OTHER_MAP: &str = "other";
 
 /// The listener a lookup came in on: the `protocol` label is its registered name.

@@ -408,24 +408,64 @@ impl Resolver {
     /// Merges a policy from another host or an export (operator's `import`): taken when it is
     /// unexpired and fetched later than what the cache holds. Persisted like a fetched policy.
     pub async fn import(&self, domain: &str, entry: Arc<PolicyEntry>) -> bool {
+        self.import_many(vec![(domain.to_string(), entry)]).await == 1
+    }
+
+    /// [`Resolver::import`] for a batch, with the same outcome as importing the entries one by
+    /// one in order (a domain repeated in the batch is judged against its earlier entry), but one
+    /// journal commit for the batch and one cache lock: every taken policy is on disk before any
+    /// is in the cache, as for a fetched policy (RFC 8461 §10.2). Returns how many were taken.
+    pub async fn import_many(&self, entries: Vec<(String, Arc<PolicyEntry>)>) -> usize {
         let now = self.clock.now();
-        let cached = self.cache.valid_policy(domain, now);
-        match decide::import(domain, cached.as_deref(), entry, now, &self.timing()) {
-            Some(decision) => {
-                let Decision {
-                    change, journal, ..
-                } = decision;
-                if let Journal::BeforeAnswer(record) = journal {
-                    self.persist(record).await;
+        let timing = self.timing();
+        // Per domain, the index of its taken decision in `taken`.
+        let mut pending: HashMap<String, usize> = HashMap::new();
+        let mut taken: Vec<(String, Arc<PolicyEntry>, Decision)> = Vec::new();
+        let mut count = 0;
+        for (domain, entry) in entries {
+            let earlier = pending.get(&domain).map(|&i| taken[i].1.clone());
+            let cached = earlier.or_else(|| self.cache.valid_policy(&domain, now));
+            let Some(decision) =
+                decide::import(&domain, cached.as_deref(), entry.clone(), now, &timing)
+            else {
+                continue;
+            };
+            count += 1;
+            match pending.get(&domain) {
+                // A later line for the same domain supersedes the earlier one in the batch.
+                Some(&i) => taken[i] = (domain, entry, decision),
+                None => {
+                    pending.insert(domain.clone(), taken.len());
+                    taken.push((domain, entry, decision));
                 }
-                let applied = self.cache.apply(domain, change, now);
-                if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
-                    self.schedule.push(key, at);
-                }
-                true
             }
-            None => false,
         }
+        if taken.is_empty() {
+            return 0;
+        }
+        let mut records = Vec::with_capacity(taken.len());
+        let mut changes = Vec::with_capacity(taken.len());
+        for (domain, _, decision) in taken {
+            let Decision {
+                change, journal, ..
+            } = decision;
+            if let Journal::BeforeAnswer(record) = journal {
+                records.push(record);
+            }
+            changes.push((domain, change));
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.write_many(records).await
+        {
+            self.metrics.store_write_error();
+            error!(error = %e, "cannot persist the policy cache; serving from memory");
+        }
+        for applied in self.cache.apply_many(changes, now) {
+            if let (Some(key), Some(at)) = (applied.key, applied.next_check) {
+                self.schedule.push(key, at);
+            }
+        }
+        count
     }
 
     // ---- the fleet's shared cache (`[fleet]`, `cache/fleet/`) ----------------------------

@@ -2,12 +2,15 @@
 //! request per line, peer uid checked (root, the daemon's own user, or members of
 //! `[control] group`). Read-only verbs (`status`, `list`, `show`, `stats`, `export`) and mutating
 //! ones (`refresh`, `evict`, `purge`, `import`, `reload`) act through the resolver's and the
-//! daemon's public handles. Also the client side of `mta-sts-policyd ctl`.
+//! daemon's public handles. The long verbs (`refresh --all`, `import`, `export`) send progress
+//! lines when asked, and a client that goes away stops them between two whole steps. The client
+//! side of `mta-sts-policyd ctl` is `ctl_client`, re-exported here.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -20,14 +23,23 @@ use tracing::{debug, info, warn};
 use crate::cache::fleet::{Command, channel};
 use crate::cache::{EntryView, PolicyEntry};
 use crate::key;
-use crate::policy::{Mode, parse_policy};
+use crate::policy::parse_policy;
 use crate::resolve::{DaneLookup, Lookup, Resolution};
 use crate::serve::control_dane;
+use crate::serve::ctl_client::{MAX_LINE, progress_line, send};
 use crate::serve::listen::{self, Cap, OwnedUnix};
 use crate::serve::postfix::{self, Shared};
 
-/// One request or export/import line. A policy is at most 64 KiB; JSON escaping can double it.
-const MAX_LINE: usize = 256 * 1024;
+pub use crate::serve::ctl_client::{Seen, mode_names, render, request, request_with};
+
+/// The time between two progress lines of a long verb: a smooth bar for the client, a few lines
+/// a second on the socket.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Import lines applied together by default: one journal commit (one fdatasync) and one cache
+/// lock per batch instead of per policy. A request may ask for another size with `"batch"`.
+pub const IMPORT_BATCH: usize = 1024;
+/// The largest batch a request may ask for: what one batch holds in memory stays bounded.
+const MAX_IMPORT_BATCH: usize = 65_536;
 /// An operator request is answered or abandoned within this time, except `refresh` and
 /// `import`, which take as long as their work (each discovery is bounded by its own timeouts).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -188,9 +200,13 @@ async fn connection(stream: UnixStream, ctl: &Control) -> io::Result<()> {
         let verb = req["verb"].as_str().unwrap_or("").to_string();
         info!(verb, uid = cred.uid(), "control request");
         match verb.as_str() {
-            "export" => export(ctl, &mut write).await?,
+            "export" => export(ctl, &req, &mut write).await?,
             "import" => {
-                let reply = import(ctl, &mut lines).await;
+                let reply = import(ctl, &req, &mut lines, &mut write).await;
+                send(&mut write, &reply).await?;
+            }
+            "refresh" if req["all"].as_bool() == Some(true) => {
+                let reply = refresh_all(ctl, &req, &mut write).await;
                 send(&mut write, &reply).await?;
             }
             _ => {
@@ -201,10 +217,48 @@ async fn connection(stream: UnixStream, ctl: &Control) -> io::Result<()> {
     }
 }
 
-async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> io::Result<()> {
-    let mut line = v.to_string();
-    line.push('\n');
-    w.write_all(line.as_bytes()).await
+/// Progress lines for one request: only when it asked (`"progress": true`), at most one per
+/// [`PROGRESS_EVERY`], and none after a write failed (the client is gone).
+struct Progress {
+    on: bool,
+    last: Option<Instant>,
+    /// A progress line could not be written: the client went away (Ctrl-C).
+    gone: bool,
+}
+
+impl Progress {
+    fn new(req: &Value) -> Progress {
+        Progress {
+            on: req["progress"].as_bool() == Some(true),
+            last: None,
+            gone: false,
+        }
+    }
+
+    /// Sends `{"progress": ...}` if one is due (`force`: whatever the time since the last).
+    async fn tick(
+        &mut self,
+        w: &mut (impl AsyncWriteExt + Unpin),
+        done: Option<u64>,
+        total: Option<u64>,
+        force: bool,
+    ) {
+        if !self.on || self.gone {
+            return;
+        }
+        let now = Instant::now();
+        if !force
+            && self
+                .last
+                .is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        if send(w, &progress_line(done, total)).await.is_err() {
+            self.gone = true;
+        }
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -239,7 +293,6 @@ async fn dispatch(ctl: &Control, verb: &str, req: &Value) -> Value {
             Ok(d) => show(ctl, &d, dane_key(req)),
             Err(e) => e,
         },
-        "refresh" if req["all"].as_bool() == Some(true) => refresh_all(ctl).await,
         "refresh" => match domain_arg(req) {
             Ok(d) => {
                 let dane = dane_key(req);
@@ -485,7 +538,10 @@ fn show(ctl: &Control, domain: &str, dane_key: Option<String>) -> Value {
     out
 }
 
-async fn refresh_all(ctl: &Control) -> Value {
+/// Refreshes every cached policy, [refresh] concurrency at a time. A client that goes away
+/// (its progress line cannot be written) stops the verb: refreshes under way finish, each a
+/// whole discovery applied as any other, and no further one starts.
+async fn refresh_all(ctl: &Control, req: &Value, w: &mut (impl AsyncWriteExt + Unpin)) -> Value {
     let resolver = ctl.shared.resolver.clone();
     let domains: Vec<String> = resolver
         .cache()
@@ -493,43 +549,82 @@ async fn refresh_all(ctl: &Control) -> Value {
         .into_iter()
         .filter_map(|(d, v)| matches!(v, EntryView::Policy(_)).then_some(d))
         .collect();
+    let total = domains.len() as u64;
+    let mut progress = Progress::new(req);
+    progress.tick(w, Some(0), Some(total), true).await;
     // The same bound as background refresh: an operator's --all is no thundering herd either.
     let permits = Arc::new(Semaphore::new(ctl.shared.config().refresh.concurrency));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut set = tokio::task::JoinSet::new();
     for d in domains {
-        let (r, permits) = (resolver.clone(), permits.clone());
+        let (r, permits, stop) = (resolver.clone(), permits.clone(), stop.clone());
         set.spawn(async move {
             let _p = permits.acquire_owned().await;
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
             r.refresh(&d).await;
-            r.cache().policy_state(&d).is_none_or(|s| s.failures == 0)
+            Some(r.cache().policy_state(&d).is_none_or(|s| s.failures == 0))
         });
     }
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(true) => ok += 1,
-            _ => failed += 1,
+    let (mut ok, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                None => break,
+                Some(Ok(Some(true))) => ok += 1,
+                Some(Ok(None)) => skipped += 1,
+                Some(_) => failed += 1,
+            },
+            _ = tick.tick(), if progress.on && !progress.gone => {
+                progress.tick(w, Some(ok + failed + skipped), Some(total), false).await;
+                if progress.gone {
+                    stop.store(true, Ordering::Relaxed);
+                    info!(done = ok + failed, total, "refresh --all: the client went away; no further refresh starts");
+                }
+            }
         }
     }
-    json!({"ok": true, "refreshed": ok, "failed": failed})
+    progress.tick(w, Some(total), Some(total), true).await;
+    let mut reply = json!({"ok": true, "refreshed": ok, "failed": failed});
+    if skipped > 0 {
+        reply["not_started"] = json!(skipped);
+    }
+    reply
 }
 
-/// JSON lines, one policy each, then a summary line: the format `import` reads.
-async fn export(ctl: &Control, w: &mut (impl AsyncWriteExt + Unpin)) -> io::Result<()> {
+/// JSON lines, one policy each, then a summary line: the format `import` reads. With progress,
+/// a first line gives the number of policies that follow (the client counts them as they come).
+async fn export(
+    ctl: &Control,
+    req: &Value,
+    w: &mut (impl AsyncWriteExt + Unpin),
+) -> io::Result<()> {
     let now = ctl.shared.resolver.clock().now();
+    let rows: Vec<_> = ctl
+        .shared
+        .resolver
+        .cache()
+        .views()
+        .into_iter()
+        .filter_map(|(domain, view)| match view {
+            EntryView::Policy(p) if p.entry.is_valid(now) => Some((domain, p.entry)),
+            _ => None,
+        })
+        .collect();
+    let mut progress = Progress::new(req);
+    progress.tick(w, None, Some(rows.len() as u64), true).await;
     let mut n = 0u64;
     let mut buf = Vec::with_capacity(64 * 1024);
-    for (domain, view) in ctl.shared.resolver.cache().views() {
-        let EntryView::Policy(p) = view else { continue };
-        if !p.entry.is_valid(now) {
-            continue;
-        }
-        let line = json!({"domain": domain, "id": p.entry.id, "fetched": unix(p.entry.fetched),
-                          "policy": p.entry.policy.to_text()});
+    for (domain, entry) in rows {
+        let line = json!({"domain": domain, "id": entry.id, "fetched": unix(entry.fetched),
+                          "policy": entry.policy.to_text()});
         buf.extend_from_slice(line.to_string().as_bytes());
         buf.push(b'\n');
         n += 1;
         if buf.len() > 48 * 1024 {
+            // A client gone (Ctrl-C) ends the export here: it changes nothing.
             w.write_all(&buf).await?;
             buf.clear();
         }
@@ -538,18 +633,40 @@ async fn export(ctl: &Control, w: &mut (impl AsyncWriteExt + Unpin)) -> io::Resu
     send(w, &json!({"ok": true, "count": n})).await
 }
 
-/// Reads policy lines (as `export` writes them) until `{"end":true}` or EOF; merges each by
-/// freshest fetch.
-async fn import<R>(ctl: &Control, lines: &mut FramedRead<R, LinesCodec>) -> Value
+/// Reads policy lines (as `export` writes them) until `{"end":true}`; merges each by freshest
+/// fetch, in batches of `"batch"` lines ([`IMPORT_BATCH`] by default), each batch journalled in
+/// one commit before any of it is in the cache.
+///
+/// A connection that ends without `{"end":true}` (the client was stopped, Ctrl-C) or whose
+/// progress line cannot be written is an interrupted import: the batches applied so far stay,
+/// each whole and journalled, and the lines read since the last one are not applied.
+async fn import<R>(
+    ctl: &Control,
+    req: &Value,
+    lines: &mut FramedRead<R, LinesCodec>,
+    w: &mut (impl AsyncWriteExt + Unpin),
+) -> Value
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    let size = req["batch"].as_u64().map_or(IMPORT_BATCH, |n| {
+        n.clamp(1, MAX_IMPORT_BATCH as u64) as usize
+    });
+    let mut progress = Progress::new(req);
     let (mut imported, mut kept, mut invalid) = (0u64, 0u64, Vec::<String>::new());
+    let mut invalid_count = 0u64;
+    // Lines read (blank ones aside) and lines whose batch is applied.
+    let (mut read, mut applied) = (0u64, 0u64);
+    let mut batch: Vec<(String, Arc<PolicyEntry>)> = Vec::with_capacity(size.min(4096));
+    let mut ended = false;
     while let Some(line) = lines.next().await {
         let line = match line {
             Ok(l) => l,
             Err(e) => {
+                // The daemon ends the import itself: what was read whole is applied.
                 invalid.push(format!("line too long or broken: {e}"));
+                invalid_count += 1;
+                ended = true;
                 break;
             }
         };
@@ -559,37 +676,70 @@ where
         let v: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
+                read += 1;
+                invalid_count += 1;
                 invalid.push(format!("not JSON: {e}"));
                 continue;
             }
         };
         if v["end"].as_bool() == Some(true) {
+            ended = true;
             break;
         }
-        if v.get("ok").is_some() {
+        read += 1;
+        if v.get("ok").is_some() || v.get("progress").is_some() {
             // The summary line of an export piped straight into import.
             continue;
         }
         match parse_entry(&v, ctl.shared.resolver.clock().now()) {
-            Ok((domain, entry)) => {
-                if ctl.shared.resolver.import(&domain, entry).await {
-                    imported += 1;
-                } else {
-                    kept += 1;
-                }
+            Ok(entry) => batch.push(entry),
+            Err(e) => {
+                invalid_count += 1;
+                invalid.push(e);
             }
-            Err(e) => invalid.push(e),
+        }
+        if batch.len() >= size {
+            let n = batch.len() as u64;
+            let taken = ctl
+                .shared
+                .resolver
+                .import_many(std::mem::take(&mut batch))
+                .await as u64;
+            (imported, kept, applied) = (imported + taken, kept + n - taken, read);
+            progress.tick(w, Some(applied), None, false).await;
+            if progress.gone {
+                break;
+            }
         }
     }
-    if imported > 0 {
+    if ended {
+        let n = batch.len() as u64;
+        let taken = ctl
+            .shared
+            .resolver
+            .import_many(std::mem::take(&mut batch))
+            .await as u64;
+        (imported, kept, applied) = (imported + taken, kept + n - taken, read);
+        progress.tick(w, Some(applied), None, true).await;
+    }
+    if imported > 0 || !ended {
         info!(
             imported,
             kept,
-            invalid = invalid.len(),
+            invalid = invalid_count,
+            not_applied = read - applied,
+            interrupted = !ended,
             "policies imported by the operator"
         );
     }
     invalid.truncate(20);
+    if !ended {
+        return json!({"ok": false, "imported": imported, "kept": kept, "invalid": invalid,
+                      "not_applied": read - applied,
+                      "error": format!("the import ended without {{\"end\":true}}: the {} line(s) \
+                                        read since the last applied batch were not applied",
+                                       read - applied)});
+    }
     json!({"ok": true, "imported": imported, "kept": kept, "invalid": invalid})
 }
 
@@ -625,207 +775,4 @@ fn parse_entry(v: &Value, now: SystemTime) -> Result<(String, Arc<PolicyEntry>),
         domain,
         Arc::new(PolicyEntry::new(id.to_string(), policy, fetched)),
     ))
-}
-
-// ---- client --------------------------------------------------------------------------------
-
-/// Sends one request (and, for `import`, the lines of `input`) and returns every line the
-/// daemon answered, parsed.
-pub async fn request(
-    socket: &Path,
-    req: &Value,
-    input: Option<Vec<String>>,
-) -> Result<Vec<Value>, String> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    let (read, mut write) = stream.into_split();
-    // A refused peer gets its reason and the connection closed before our request is written:
-    // a failed send is reported only if the daemon said nothing.
-    let mut sent = send(&mut write, req).await;
-    if sent.is_ok()
-        && let Some(lines) = input
-    {
-        for l in lines {
-            sent = write.write_all(format!("{l}\n").as_bytes()).await;
-            if sent.is_err() {
-                break;
-            }
-        }
-        if sent.is_ok() {
-            sent = send(&mut write, &json!({"end": true})).await;
-        }
-    }
-    let mut lines = FramedRead::new(
-        BufReader::new(read),
-        LinesCodec::new_with_max_length(MAX_LINE),
-    );
-    let mut out = Vec::new();
-    while let Some(line) = lines.next().await {
-        let Ok(line) = line else {
-            break;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            return Err(format!("bad reply: {line:?}"));
-        };
-        // Every reply ends with an object that has "ok"; export lines come before it.
-        let last = v.get("ok").is_some();
-        out.push(v);
-        if last {
-            return Ok(out);
-        }
-    }
-    match sent {
-        Err(e) if out.is_empty() => Err(format!("send: {e}")),
-        _ if out.is_empty() => Err("the daemon closed the connection without a reply".into()),
-        _ => Ok(out),
-    }
-}
-
-/// A readable rendering of a reply for the terminal.
-pub fn render(verb: &str, lines: &[Value]) -> String {
-    let Some(last) = lines.last() else {
-        return "no reply\n".to_string();
-    };
-    if last["ok"].as_bool() != Some(true) {
-        return format!("error: {}\n", last["error"].as_str().unwrap_or("unknown"));
-    }
-    let mut s = String::new();
-    match verb {
-        "list" => {
-            // Columns as wide as their widest cell, so any domain length lines up.
-            let mut rows = vec![[
-                "DOMAIN".to_string(),
-                "KIND".to_string(),
-                "ID/REASON".to_string(),
-                "EXPIRES/UNTIL".to_string(),
-                "HITS".to_string(),
-            ]];
-            for e in last["entries"].as_array().into_iter().flatten() {
-                let kind = e["mode"].as_str().or(e["kind"].as_str()).unwrap_or("");
-                let id = e["id"].as_str().or(e["reason"].as_str()).unwrap_or("");
-                let until = e["expires"].as_str().or(e["until"].as_str()).unwrap_or("");
-                rows.push([
-                    e["domain"].as_str().unwrap_or("").to_string(),
-                    kind.to_string(),
-                    truncate(id, 24),
-                    until.to_string(),
-                    e["hits"].to_string(),
-                ]);
-            }
-            let mut width = [0usize; 5];
-            for r in &rows {
-                for (w, c) in width.iter_mut().zip(r) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            for [domain, kind, id, until, hits] in &rows {
-                s.push_str(&format!(
-                    "{domain:<w0$}  {kind:<w1$}  {id:<w2$}  {until:<w3$}  {hits:>w4$}\n",
-                    w0 = width[0],
-                    w1 = width[1],
-                    w2 = width[2],
-                    w3 = width[3],
-                    w4 = width[4],
-                ));
-            }
-            let n = last["count"].as_u64().unwrap_or(0);
-            s.push_str(&format!(
-                "{n} {}\n",
-                if n == 1 { "entry" } else { "entries" }
-            ));
-        }
-        "export" => {
-            for l in lines {
-                s.push_str(&l.to_string());
-                s.push('\n');
-            }
-        }
-        "status" => {
-            let mut v = last.clone();
-            // One line says whether policies are durable; the counters follow it.
-            let read_only = v
-                .get_mut("journal")
-                .and_then(Value::as_object_mut)
-                .and_then(|j| j.remove("read_only"));
-            for (k, v) in v.as_object().into_iter().flatten() {
-                if k == "journal" {
-                    match read_only.as_ref().and_then(Value::as_str) {
-                        Some(why) => s.push_str(&format!("journal: read-only ({why})\n")),
-                        None => s.push_str("journal: writable\n"),
-                    }
-                }
-                if k != "ok" {
-                    flatten(k, v, &mut s);
-                }
-            }
-        }
-        _ => flatten("", last, &mut s),
-    }
-    s
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    }
-}
-
-/// `key: value` lines, nested objects as dotted keys, multi-line strings indented.
-fn flatten(prefix: &str, v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                if k == "ok" {
-                    continue;
-                }
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        Value::String(s) if s.contains('\n') => {
-            out.push_str(&format!("{prefix}:\n"));
-            for l in s.lines() {
-                out.push_str(&format!("    {l}\n"));
-            }
-        }
-        Value::String(s) => out.push_str(&format!("{prefix}: {s}\n")),
-        // Lists of records (a DANE state's hosts): one dotted block per element.
-        Value::Array(a) if a.iter().any(Value::is_object) => {
-            for (i, x) in a.iter().enumerate() {
-                flatten(&format!("{prefix}[{i}]"), x, out);
-            }
-        }
-        Value::Array(a) => {
-            let items: Vec<String> = a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string())
-                })
-                .collect();
-            out.push_str(&format!("{prefix}: {}\n", items.join(", ")));
-        }
-        Value::Null => out.push_str(&format!("{prefix}: -\n")),
-        other => out.push_str(&format!("{prefix}: {other}\n")),
-    }
-}
-
-/// Mode names accepted by `list --mode`: policy modes, negative entries, DANE levels.
-pub fn mode_names() -> [&'static str; 6] {
-    [
-        Mode::Enforce.as_str(),
-        Mode::Testing.as_str(),
-        Mode::None.as_str(),
-        "negative",
-        control_dane::MODES[0],
-        control_dane::MODES[1],
-    ]
 }

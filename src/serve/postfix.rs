@@ -397,7 +397,16 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Conf
             Reply::Perm(_) => metrics::Answer::Perm,
         },
     );
-    shared.metrics.lookup(mp, map_name, answer, start.elapsed());
+    // Counted under the profile that answered, the name `ctl show` prints: a map name without
+    // a `[maps.NAME]` table (the README's own main.cf line) is answered by `default`.
+    let profile_name = if config.maps.contains_key(map_name) {
+        map_name
+    } else {
+        crate::config::DEFAULT_MAP
+    };
+    shared
+        .metrics
+        .lookup(mp, profile_name, answer, start.elapsed());
     debug!(
         protocol = protocol.name(),
         map = map_name,

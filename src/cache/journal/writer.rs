@@ -73,6 +73,8 @@ impl Ack {
 
 pub(super) enum Msg {
     Write(Record, Ack),
+    /// Records committed together and acknowledged once, after the last (an import's batch).
+    WriteMany(Vec<Record>, Ack),
     Flush(Ack),
 }
 
@@ -239,14 +241,28 @@ impl Writer {
     }
 
     fn take(&mut self, msg: Msg, batch: &mut Batch) {
-        let (record, ack) = match msg {
-            Msg::Write(record, ack) => (record, ack),
+        let (records, ack) = match msg {
+            Msg::Write(record, ack) => (vec![record], ack),
+            Msg::WriteMany(records, ack) => (records, ack),
             Msg::Flush(ack) => {
                 batch.acks.push(ack);
                 batch.flush = true;
                 return;
             }
         };
+        let mut failed = None;
+        for record in records {
+            if let Err(e) = self.take_record(record, batch) {
+                failed = Some(e);
+            }
+        }
+        match failed {
+            Some(e) => ack.send(Err(e)),
+            None => batch.acks.push(ack),
+        }
+    }
+
+    fn take_record(&mut self, record: Record, batch: &mut Batch) -> Result<(), StoreError> {
         let line = match record.encode() {
             Ok(line) => line,
             Err(e) => {
@@ -254,14 +270,12 @@ impl Writer {
                 let e = StoreError::other(&self.dir, format!("cannot encode a record: {e}"));
                 self.write_errors += 1;
                 error!("{e}; record not persisted");
-                ack.send(Err(e));
-                return;
+                return Err(e);
             }
         };
         batch.buf.extend_from_slice(line.as_bytes());
         batch.buf.push(b'\n');
         batch.records += 1;
-        batch.acks.push(ack);
         self.seq += 1;
         let seq = self.seq;
         match (Kept::from_record(&record), record) {
@@ -276,6 +290,7 @@ impl Writer {
                 self.live.remove(r.domain());
             }
         }
+        Ok(())
     }
 
     /// Makes the batch (already applied to the live map) durable, `at` being the time for the
