@@ -13,7 +13,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::memory::PolicyEntry;
 
@@ -189,6 +190,67 @@ impl Schedule {
     pub async fn changed(&self) {
         self.wake.notified().await;
     }
+}
+
+/// Re-read the schedule at least this often, so a wall-clock jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Something with a schedule of due checks that [`drive`] works through: the policies
+/// (`resolve::Resolver`) and the DANE states (`resolve::dane`).
+pub trait Scheduled: Send + Sync + 'static {
+    /// The earliest scheduled check, popped if it is due now.
+    fn pop_due(&self) -> Due;
+    fn now(&self) -> SystemTime;
+    /// Resolves when the schedule gained an entry.
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// The check of one due key.
+    fn check(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static;
+    /// After every wait (a timer or a schedule change): housekeeping.
+    fn after_wait(&self) {}
+}
+
+/// Works through `s`'s schedule until `shutdown` turns true, at most `concurrency` checks at
+/// once; checks still running then are abandoned (their results would only be re-fetched after
+/// a restart).
+pub async fn drive<S: Scheduled>(
+    s: Arc<S>,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let wait = match s.pop_due() {
+            Due::Domain(key) => {
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => break,
+                };
+                let check = s.clone().check(key);
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    check.await;
+                });
+                continue;
+            }
+            Due::At(t) => t.duration_since(s.now()).unwrap_or_default().min(MAX_SLEEP),
+            Due::Idle => MAX_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = s.changed() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        s.after_wait();
+    }
+    tasks.abort_all();
 }
 
 #[cfg(test)]

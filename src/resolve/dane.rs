@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -16,7 +16,7 @@ use crate::cache::DaneCache;
 use crate::cache::dane::DaneEntry;
 use crate::cache::fleet::Fleet;
 use crate::cache::journal::{Record, Store};
-use crate::cache::schedule::{Due, Schedule};
+use crate::cache::schedule::{Due, Schedule, Scheduled, drive};
 use crate::clock::Clock;
 use crate::dane::{DaneState, Destination};
 use crate::discovery::{DaneSource, discover_dane};
@@ -83,15 +83,7 @@ impl DaneResolver {
             return None;
         }
         let entry = Arc::new(shared);
-        if let Some(store) = &self.store
-            && let Err(e) = store.write(Record::dane(key, entry.clone())).await
-        {
-            self.metrics.store_write_error();
-            warn!(error = %e, "cannot persist a DANE state; serving from memory");
-        }
-        let next = entry.refresh_at();
-        let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
-        self.schedule.push(stored, next);
+        let old = self.keep(key, &entry, now).await;
         debug!(destination = key, verdict = %entry.state.verdict, "DANE state taken from the fleet cache");
         if old
             .as_ref()
@@ -206,17 +198,7 @@ impl DaneResolver {
             Ok(state) => {
                 self.metrics.dane.discovery(state.verdict.label());
                 let entry = Arc::new(DaneEntry::new(state, now));
-                // On disk before it is answered, as for a new MTA-STS policy: a restart must
-                // not forget a destination's DANE and fall back to a weaker answer.
-                if let Some(store) = &self.store
-                    && let Err(e) = store.write(Record::dane(key, entry.clone())).await
-                {
-                    self.metrics.store_write_error();
-                    warn!(error = %e, "cannot persist a DANE state; serving from memory");
-                }
-                let next = entry.refresh_at();
-                let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
-                self.schedule.push(stored, next);
+                let old = self.keep(key, &entry, now).await;
                 if let Some(fleet) = self.fleet() {
                     fleet.publish_dane(key, &entry, now);
                 }
@@ -248,6 +230,27 @@ impl DaneResolver {
                 }
             }
         }
+    }
+
+    /// Keeps a newly learnt state: on disk before it is answered, as for a new MTA-STS policy
+    /// (a restart must not forget a destination's DANE and fall back to a weaker answer), then
+    /// in memory with its next check scheduled. The state it replaced, if any.
+    async fn keep(
+        &self,
+        key: &str,
+        entry: &Arc<DaneEntry>,
+        now: std::time::SystemTime,
+    ) -> Option<Arc<DaneEntry>> {
+        if let Some(store) = &self.store
+            && let Err(e) = store.write(Record::dane(key, entry.clone())).await
+        {
+            self.metrics.store_write_error();
+            warn!(error = %e, "cannot persist a DANE state; serving from memory");
+        }
+        let next = entry.refresh_at();
+        let (stored, old) = self.cache.insert(key, entry.clone(), next, now);
+        self.schedule.push(stored, next);
+        old
     }
 
     /// Puts a state loaded from disk back (warm restart), checked again when it is due.
@@ -325,52 +328,37 @@ fn rank(v: crate::dane::Verdict) -> u8 {
     }
 }
 
+impl Scheduled for DaneResolver {
+    fn pop_due(&self) -> Due {
+        DaneResolver::pop_due(self)
+    }
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.schedule.changed()
+    }
+    async fn check(self: Arc<Self>, key: String) {
+        debug!(destination = key, "refreshing DANE state");
+        self.refresh(&key).await;
+    }
+    fn after_wait(&self) {
+        let swept = self.cache.sweep(self.clock.now());
+        if swept > 0 {
+            debug!(removed = swept, "expired DANE states removed from memory");
+        }
+    }
+}
+
 /// Runs until `shutdown` turns true: checks every cached DANE state again at three quarters of
 /// its TTL (so one failed check still leaves time before it expires), at most `concurrency`
 /// at once.
 pub async fn refresh_loop(
     resolver: Arc<DaneResolver>,
     concurrency: usize,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let wait = match resolver.pop_due() {
-            Due::Domain(key) => {
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => break,
-                };
-                let r = resolver.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    debug!(destination = key, "refreshing DANE state");
-                    r.refresh(&key).await;
-                });
-                continue;
-            }
-            Due::At(t) => t
-                .duration_since(resolver.clock().now())
-                .unwrap_or_default()
-                .min(Duration::from_secs(60)),
-            Due::Idle => Duration::from_secs(60),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = resolver.schedule_changed() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
-        let swept = resolver.cache.sweep(resolver.clock().now());
-        if swept > 0 {
-            debug!(removed = swept, "expired DANE states removed from memory");
-        }
-    }
-    tasks.abort_all();
+    drive(resolver, concurrency, shutdown).await;
 }
 
 #[cfg(test)]

@@ -8,18 +8,15 @@
 //! [`sweep`] is the task that takes expired entries out of memory, a bounded slice per minute.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::cache::fleet::{Command, Fleet, Found, Lease, Shared, channel};
+use crate::cache::schedule::{Scheduled, drive};
 use crate::key;
 use crate::resolve::{Due, Resolver};
-
-/// Re-read the schedule at least this often, so a wall-clock jump is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 /// How often the expiry sweep runs.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -31,43 +28,25 @@ pub const SWEEP_BUCKETS: usize = 65_536;
 /// (the last retry is scheduled then, RFC 8461 §10.2) runs first and may still renew it.
 pub const EXPIRED_POLICY_GRACE: Duration = Duration::from_secs(600);
 
-/// Runs until `shutdown` turns true; refreshes still running then are abandoned (their results
-/// would only be re-fetched after a restart).
-pub async fn run(resolver: Arc<Resolver>, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let wait = match resolver.pop_due() {
-            Due::Domain(domain) => {
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => break,
-                };
-                let r = resolver.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    debug!(domain, "refreshing");
-                    due(&r, &domain).await;
-                });
-                continue;
-            }
-            Due::At(t) => t
-                .duration_since(resolver.clock().now())
-                .unwrap_or_default()
-                .min(MAX_SLEEP),
-            Due::Idle => MAX_SLEEP,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = resolver.schedule_changed() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
+impl Scheduled for Resolver {
+    fn pop_due(&self) -> Due {
+        Resolver::pop_due(self)
     }
-    tasks.abort_all();
+    fn now(&self) -> SystemTime {
+        self.clock().now()
+    }
+    fn changed(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.schedule_changed()
+    }
+    async fn check(self: Arc<Self>, domain: String) {
+        debug!(domain, "refreshing");
+        due(&self, &domain).await;
+    }
+}
+
+/// Runs until `shutdown` turns true: the background refresh of the policies ([`drive`]).
+pub async fn run(resolver: Arc<Resolver>, concurrency: usize, shutdown: watch::Receiver<bool>) {
+    drive(resolver, concurrency, shutdown).await;
 }
 
 /// One due refresh. In a fleet (`[fleet]`), at most one host refreshes a domain per interval:

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 
 use super::client::Failure;
 use super::codec::CLOCK_SKEW;
@@ -121,22 +120,7 @@ impl Fleet {
         else {
             return;
         };
-        let Ok(permit) = self.publishing.clone().try_acquire_owned() else {
-            self.metrics.fleet().publish(false);
-            return;
-        };
-        let value = encode(destination, entry);
-        let key = self.dane_key(destination);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&key).arg(value).arg("PX").arg(ms);
-            let ok = this.client.run::<()>(&cmd).await.is_ok();
-            this.metrics.fleet().publish(ok);
-            debug!(key, ok, "shared DANE state published");
-        });
+        self.set_in_background(self.dane_key(destination), encode(destination, entry), ttl);
     }
 
     /// Removes the shared DANE state of `destination` (fleet-wide evict).

@@ -225,12 +225,16 @@ impl Fleet {
         let Some(ttl) = shared.ttl(now) else {
             return;
         };
+        self.set_in_background(self.key(domain), codec::encode(domain, &shared), ttl);
+    }
+
+    /// `SET key value PX ttl` in a task of its own, counted as a publish; at most
+    /// [`MAX_PUBLISHING`] at once (beyond it the value is not shared, and counted as failed).
+    fn set_in_background(self: &Arc<Self>, key: String, value: String, ttl: Duration) {
         let Ok(permit) = self.publishing.clone().try_acquire_owned() else {
             self.metrics.fleet().publish(false);
             return;
         };
-        let value = codec::encode(domain, &shared);
-        let key = self.key(domain);
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
