@@ -27,7 +27,8 @@
 #
 # Knobs (environment): DURATION (5s) and WARMUP (1s) per round, ROUNDS (3) per side,
 # BIG (1000000) and MID (100000) seeded policies, MX (3) mx lines per seeded policy,
-# KEEP=1 keeps the work directory.
+# UNIT_TUNABLES (the GLIBC_TUNABLES of systemd/mta-sts-policyd.service; empty for glibc's own
+# defaults), KEEP=1 keeps the work directory.
 set -euo pipefail
 
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
@@ -51,6 +52,9 @@ MX=${MX:-3}
 # Lookups against the restarted daemon: a few hundred, over all MID keys.
 RESTART_LOOKUPS=500
 SCRIPT_START=$(date +%s)
+# The daemon runs with the shipped unit's Environment=GLIBC_TUNABLES (read from the unit file);
+# UNIT_TUNABLES= (empty) measures glibc's defaults instead.
+UNIT_TUNABLES=${UNIT_TUNABLES-$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' systemd/mta-sts-policyd.service 2>/dev/null)}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mta-sts-perf.XXXXXX")
 PIDS=()
@@ -160,7 +164,9 @@ EOF
     echo "${SERVER_PIN[*]} $DAEMON -c $conf serve   # config: $(tr '\n' ' ' <"$conf")" >>"$COMMANDS"
     : >"$log"
     t0=$(now_ms)
-    "${SERVER_PIN[@]}" "$DAEMON" -c "$conf" serve 2>"$log" >/dev/null &
+    # The allocator settings of the shipped unit (systemd/mta-sts-policyd.service), set by `env`
+    # after taskset: glibc in taskset would rewrite GLIBC_TUNABLES on its way through.
+    "${SERVER_PIN[@]}" env "GLIBC_TUNABLES=$UNIT_TUNABLES" "$DAEMON" -c "$conf" serve 2>"$log" >/dev/null &
     pid=$!
     PIDS+=("$pid")
     wait_line "$log" 300 'INFO ready'
@@ -298,6 +304,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 say "summary"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -sr)"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified tree)'); $(rustc --version)"
+echo "daemon environment: GLIBC_TUNABLES=${UNIT_TUNABLES:-(unset: glibc defaults)}"
 echo "pinning: $PINNING; rounds: $ROUNDS x $DURATION (+$WARMUP warm-up) per side, alternating"
 echo "seeded policies: MX=$MX mx lines each (enforce, max_age 604800); BIG=$BIG, MID=$MID"
 echo "load average (1/5/15 min): before $LOAD_BEFORE, after $LOAD_AFTER (other work on the machine makes the numbers noisy)"
