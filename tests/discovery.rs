@@ -53,6 +53,15 @@ async fn rfc8461_3_1_txt_record_scenarios() {
     )
     .await;
     w.serve_policy("spf.test", &body("spf.test")).await;
+    // A look-alike version beside a valid record: "v=STSv10;" does not begin with "v=STSv1;",
+    // so it is discarded and exactly one record is left (§3.1).
+    w.set_txt(
+        "_mta-sts.lookalike.test",
+        &[&["v=STSv10; id=zzz"], &["v=STSv1; id=abc"]],
+    )
+    .await;
+    w.serve_policy("lookalike.test", &body("lookalike.test"))
+        .await;
     // Delegation through a CNAME (§8.2): the TXT is the provider's, the policy host ours.
     w.set_txt("_mta-sts.provider.test", &[&["v=STSv1; id=prov1"]])
         .await;
@@ -87,6 +96,7 @@ async fn rfc8461_3_1_txt_record_scenarios() {
             ("notsts.test", NOTFOUND.into()),
             ("two.test", NOTFOUND.into()),
             ("spf.test", secure("mx1.spf.test")),
+            ("lookalike.test", secure("mx1.lookalike.test")),
             ("alias.test", secure("mx1.alias.test")),
             ("split.test", secure("mx1.split.test")),
             ("badid.test", NOTFOUND.into()),
@@ -265,6 +275,18 @@ async fn rfc8461_3_2_policy_file_scenarios() {
             "repeat.test",
             "version: STSv1\nmode: enforce\nmode: testing\nmx: mx.repeat.test\nmax_age: 86400\nmax_age: 0\n",
             Some("mx.repeat.test"),
+        ),
+        (
+            // RFC 8461 §3.2 allows at most 31557600; a larger max_age is capped, not refused.
+            "longage.test",
+            "version: STSv1\nmode: enforce\nmx: mx.longage.test\nmax_age: 31557601\n",
+            Some("mx.longage.test"),
+        ),
+        (
+            // A line outside the §3.2 grammar (no colon) invalidates the whole policy.
+            "badline.test",
+            "version: STSv1\nmode: enforce\nmx: mx.badline.test\nmax_age: 86400\nthis line has no colon\n",
+            None,
         ),
         (
             "testing.test",

@@ -363,6 +363,36 @@ mod tests {
         );
     }
 
+    /// The TXT re-check of RFC 8461 §3.3 runs on this schedule, never on the lookup path: a hit
+    /// is answered from the cache at once however long ago the domain was checked, also while a
+    /// scheduled check is still waiting for DNS.
+    #[tokio::test(start_paused = true)]
+    async fn hits_never_wait_for_dns_even_while_a_scheduled_check_hangs() {
+        let fake = Arc::new(FakeSource::default());
+        fake.publish("one", &policy("enforce", 604_800));
+        let r = resolver(&fake);
+        resolve(&r, "example.test").await;
+        let _stop = start(&r, 2);
+        // Every DNS and HTTPS answer now takes six hours.
+        fake.set_delay(6 * HOUR);
+        for hour in 1..=48 {
+            tokio::time::sleep(HOUR).await;
+            let asked = tokio::time::Instant::now();
+            assert_eq!(
+                id_of(&resolve(&r, "example.test").await).as_deref(),
+                Some("one"),
+                "hour {hour}"
+            );
+            assert_eq!(
+                asked.elapsed(),
+                Duration::ZERO,
+                "hour {hour}: the hit waited"
+            );
+        }
+        // Meanwhile the scheduled check did ask DNS.
+        assert!(fake.calls().0 >= 2, "{:?}", fake.calls());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expiry_with_every_refresh_failing_ends_in_no_policy_warned_once_per_backoff() {
         let (logs, _guard) = Logs::capture();
