@@ -89,7 +89,10 @@ async fn ten_thousand_idle_connections_and_hits_stay_fast() {
         "idle connections: {n} opened in {opened:?}; hits on an existing connection: p50 {p50:?} p99 {p99:?} max {:?}",
         lat[lat.len() - 1]
     );
-    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+    // A debug build on a shared 2-core machine: 10 ms was seen exceeded (10.6 ms) while other
+    // builds ran. 50 ms still tells "served at once" from the starved client of the old accept
+    // loop, which got no answer within 5 s.
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
     // The idle ones are real connections: one of them is answered too.
     let mut last = SocketmapClient::from_stream(idle.pop().unwrap());
     assert_eq!(last.query("postfix", b"good.test").await, GOOD);
@@ -463,8 +466,9 @@ async fn ten_thousand_idle_connections_at_the_cap_and_a_new_client_is_answered_a
         "{n} idle connections at limits.max_connections: a new client connected and was answered in {first_took:?} (the first, which also scans for the longest idle); 20 new clients: p50 {p50:?} p90 {p90:?} max {:?}",
         sorted[sorted.len() - 1]
     );
-    // p90 rather than the maximum: a shared CI machine may deschedule the daemon once.
-    assert!(p90 < Duration::from_millis(10), "{lat:?}");
+    // p90 rather than the maximum: a shared CI machine may deschedule the daemon once; 50 ms
+    // (as above) against the old loop's no answer within 5 s.
+    assert!(p90 < Duration::from_millis(50), "{lat:?}");
     // The longest idle went first, then 19 of the others that turned idle first. (Connections
     // opened within the same instant may start waiting in either order: the daemon's tasks run
     // on two threads.)
