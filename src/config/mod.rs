@@ -66,10 +66,7 @@ pub struct Config {
 impl Config {
     /// The profile for a map name; unknown names use `default`.
     pub fn profile(&self, map: &str) -> &MapProfile {
-        self.maps
-            .get(map)
-            .or_else(|| self.maps.get(DEFAULT_MAP))
-            .unwrap_or(&DEFAULT_PROFILE)
+        self.answering_profile(map).1
     }
 
     /// The map a request on `protocol` is answered with, and its profile: the map the request
@@ -79,13 +76,31 @@ impl Config {
         protocol: Protocol,
         map: Option<&'a str>,
     ) -> (&'a str, &'a MapProfile) {
-        let name = match map {
+        let name = self.map_name(protocol, map);
+        (name, self.profile(name))
+    }
+
+    /// The map name a request on `protocol` is answered under: the one it names, else its
+    /// section's.
+    pub fn map_name<'a>(&'a self, protocol: Protocol, map: Option<&'a str>) -> &'a str {
+        match map {
             Some(m) => m,
             None => self
                 .section(protocol)
                 .map_or(DEFAULT_MAP, ProtocolSection::map_name),
-        };
-        (name, self.profile(name))
+        }
+    }
+
+    /// The profile for a map name and the name of the table it comes from: `default` for a
+    /// name without a `[maps.NAME]` table. One map lookup, for the lookup path.
+    pub fn answering_profile<'a>(&'a self, map: &str) -> (&'a str, &'a MapProfile) {
+        match self.maps.get_key_value(map) {
+            Some((name, profile)) => (name, profile),
+            None => (
+                DEFAULT_MAP,
+                self.maps.get(DEFAULT_MAP).unwrap_or(&DEFAULT_PROFILE),
+            ),
+        }
     }
 
     /// The Postfix listeners of every registered protocol, in registry order.

@@ -69,11 +69,17 @@ impl Destination {
     /// The cache key, in Postfix's nexthop spelling: `example.com`, `example.com:587`,
     /// `[mail.example.com]`, `[mail.example.com]:587`.
     pub fn key(&self) -> String {
+        self.key_ref().into_owned()
+    }
+
+    /// [`Destination::key`] without a copy for the common case (a domain, port 25: the key is
+    /// the host name itself), for the lookup path.
+    pub fn key_ref(&self) -> std::borrow::Cow<'_, str> {
         match (self.mx, self.port) {
-            (true, 25) => self.host.clone(),
-            (true, p) => format!("{}:{p}", self.host),
-            (false, 25) => format!("[{}]", self.host),
-            (false, p) => format!("[{}]:{p}", self.host),
+            (true, 25) => std::borrow::Cow::Borrowed(&self.host),
+            (true, p) => format!("{}:{p}", self.host).into(),
+            (false, 25) => format!("[{}]", self.host).into(),
+            (false, p) => format!("[{}]:{p}", self.host).into(),
         }
     }
 

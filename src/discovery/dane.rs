@@ -5,7 +5,10 @@
 //! resolver and reads its `AD` bit; tests substitute their own.
 
 use std::net::IpAddr;
+
 use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
 
 use super::source::BoxFuture;
 use crate::dane::{self, DaneState, Destination, Failure, HostAnswers, Mx, Rrset, Servers, Tlsa};
@@ -50,7 +53,7 @@ async fn run(source: &dyn DaneSource, dest: &Destination) -> Result<DaneState, F
         Servers::Decided(_) => Vec::new(),
         Servers::Look { hosts, .. } => hosts.clone(),
     };
-    let answers = futures_join_all(hosts.iter().map(|h| async move {
+    let answers = join_all(hosts.iter().map(|h| async move {
         let name = dest.tlsa_name(h);
         let (addresses, tlsa) = tokio::join!(source.addresses(h), source.tlsa(&name));
         HostAnswers {
@@ -61,32 +64,6 @@ async fn run(source: &dyn DaneSource, dest: &Destination) -> Result<DaneState, F
     }))
     .await;
     dane::classify(dest, servers, &answers)
-}
-
-/// Runs every future at once and keeps their order (a JoinSet would need `'static` futures).
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// A scripted [`DaneSource`] for unit tests: answers by name, counts calls.

@@ -118,10 +118,11 @@ impl DaneResolver {
             Ok(d) => d,
             Err(skip) => return DaneLookup::Skipped(skip),
         };
-        let k = dest.key();
+        let k = dest.key_ref();
         if let Some(entry) = self.cache.get(&k, self.clock.now()) {
             return DaneLookup::State(entry);
         }
+        let k = k.into_owned();
         let mut rx = self.join_or_start(k.clone(), dest);
         match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
             Ok(Ok(r)) => r

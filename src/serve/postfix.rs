@@ -366,7 +366,10 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Conf
         }
     };
     let start = Instant::now();
-    let (map_name, profile) = config.profile_for(protocol, map.as_deref());
+    let map_name = config.map_name(protocol, map.as_deref());
+    // Counted under the profile that answered, the name `ctl show` prints: a map name without
+    // a `[maps.NAME]` table (the README's own main.cf line) is answered by `default`.
+    let (profile_name, profile) = config.answering_profile(map_name);
     let fits = protocol.spec().found_fits;
     let (reply, level) = if profile.answer.dane {
         // MTA-STS and DANE learnt at once: a cold lookup waits for the slower of the two,
@@ -397,13 +400,6 @@ async fn answer(req: Request, protocol: Protocol, shared: &Shared, config: &Conf
             Reply::Perm(_) => metrics::Answer::Perm,
         },
     );
-    // Counted under the profile that answered, the name `ctl show` prints: a map name without
-    // a `[maps.NAME]` table (the README's own main.cf line) is answered by `default`.
-    let profile_name = if config.maps.contains_key(map_name) {
-        map_name
-    } else {
-        crate::config::DEFAULT_MAP
-    };
     shared
         .metrics
         .lookup(mp, profile_name, answer, start.elapsed());

@@ -825,4 +825,18 @@ mod tests {
         .unwrap();
         assert!(crate::cache::journal::format::Record::decode(no_prefix.as_bytes()).is_err());
     }
+
+    #[test]
+    fn an_oversized_dane_record_is_refused_before_its_state_is_parsed() {
+        let json = format!(
+            r#"{{"v":1,"t":"dane","d":"dane:example.com","fetched":1700000000,"policy":"{}"}}"#,
+            " ".repeat(70 * 1024)
+        );
+        let line = format!(
+            "{:08x} {json}",
+            crate::cache::journal::format::crc32(json.as_bytes())
+        );
+        let err = crate::cache::journal::format::Record::decode(line.as_bytes()).unwrap_err();
+        assert!(err.contains("oversized"), "{err}");
+    }
 }
