@@ -1,6 +1,6 @@
 //! Recency tracking of the in-memory cache: the current design against an LRU list.
 //!
-//! The current `Cache` keeps an `RwLock<HashMap<Arc<str>, Slot>>` with an atomic last-used time
+//! The current `Cache` keeps an `RwLock<HashMap<Name, Slot>>` with an atomic last-used time
 //! per slot, so a hit takes only the shared read lock, and eviction samples slots for the least
 //! recently used. The alternative is `Mutex<lru::LruCache<Arc<str>, Arc<PolicyEntry>>>`: exact
 //! LRU order, but `get` moves the entry to the front and needs `&mut`, so every hit takes the
@@ -73,7 +73,12 @@ fn filled(now: SystemTime) -> (Cache, Lru<RandomState>, Lru<lru::DefaultHasher>)
     for i in 0..ENTRIES {
         let d: Arc<str> = domain(i).into();
         let e = entry(i, now);
-        cache.insert_policy_shared(d.clone(), e.clone(), next_check, now);
+        cache.insert_policy_shared(
+            mta_sts_policyd::cache::Name::from(&*d),
+            e.clone(),
+            next_check,
+            now,
+        );
         lru_std.put(d.clone(), e.clone());
         lru_fold.put(d, e);
     }

@@ -169,7 +169,7 @@ mod tests {
     }
 
     /// The entry `seed` writes for `d{i}.example` with `mx` mx lines.
-    fn entry(i: u64, mx: usize) -> (Arc<str>, Arc<PolicyEntry>) {
+    fn entry(i: u64, mx: usize) -> (mta_sts_policyd::cache::Name, Arc<PolicyEntry>) {
         let now = now_whole_seconds().expect("clock");
         match seed_record(i, mx, now).expect("record") {
             Record::Policy { domain, entry } => (domain, entry),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use super::Name;
 use crate::dane::{DaneState, Verdict};
 
 /// A DANE state and when it was learnt.
@@ -66,7 +67,7 @@ pub struct DaneCounts {
 }
 
 pub struct DaneCache {
-    map: RwLock<HashMap<Arc<str>, Slot>>,
+    map: RwLock<HashMap<Name, Slot>>,
     max_entries: usize,
 }
 
@@ -78,12 +79,12 @@ impl DaneCache {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Slot>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Name, Slot>> {
         // Every change is one insert or remove: a poisoned lock still holds a consistent map.
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Slot>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Name, Slot>> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -108,7 +109,7 @@ impl DaneCache {
         entry: Arc<DaneEntry>,
         next_check: SystemTime,
         now: SystemTime,
-    ) -> (Arc<str>, Option<Arc<DaneEntry>>) {
+    ) -> (Name, Option<Arc<DaneEntry>>) {
         let mut map = self.write();
         let slot = Slot {
             entry,
@@ -131,7 +132,7 @@ impl DaneCache {
                 map.remove(&k);
             }
         }
-        let k: Arc<str> = key.into();
+        let k = Name::from(key);
         map.insert(k.clone(), slot);
         (k, None)
     }
@@ -176,7 +177,7 @@ impl DaneCache {
     }
 
     /// Every state, sorted by key.
-    pub fn views(&self) -> Vec<(Arc<str>, Arc<DaneEntry>)> {
+    pub fn views(&self) -> Vec<(Name, Arc<DaneEntry>)> {
         let mut v: Vec<_> = self
             .read()
             .iter()

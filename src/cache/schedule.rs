@@ -17,6 +17,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::memory::PolicyEntry;
+use super::{Name, Stamp};
 
 /// RFC 8461 §3.3: after a failed HTTPS GET, wait five minutes or longer before trying again.
 pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
@@ -120,8 +121,8 @@ pub fn backoff(failures: u32) -> Duration {
     (FETCH_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
-/// Checks by time, earliest on top; the domain is the cache's own `Arc`.
-type Heap = BinaryHeap<Reverse<(SystemTime, Arc<str>)>>;
+/// Checks by time, earliest on top; the domain is the cache's own copy of the name.
+type Heap = BinaryHeap<Reverse<(Stamp, Name)>>;
 
 /// Next check times, earliest first. Entries go stale when a domain is rescheduled or removed;
 /// the caller skips those when popping (see [`Schedule::pop_due`]). Kept apart from the cache's
@@ -150,8 +151,8 @@ impl Schedule {
     }
 
     /// Adds a check; wakes the refresh task so it can re-evaluate its sleep.
-    pub fn push(&self, domain: Arc<str>, at: SystemTime) {
-        self.heap().push(Reverse((at, domain)));
+    pub fn push(&self, domain: Name, at: SystemTime) {
+        self.heap().push(Reverse((at.into(), domain)));
         self.wake.notify_one();
     }
 
@@ -160,12 +161,13 @@ impl Schedule {
     pub fn pop_due(&self, now: SystemTime, current: impl Fn(&str) -> Option<SystemTime>) -> Due {
         let mut heap = self.heap();
         while let Some(Reverse((at, _))) = heap.peek() {
-            if *at > now {
-                return Due::At(*at);
+            if at.time() > now {
+                return Due::At(at.time());
             }
             let Some(Reverse((at, domain))) = heap.pop() else {
                 break;
             };
+            let at = at.time();
             if current(&domain).is_some_and(|next| next <= now && next == at) {
                 return Due::Domain(domain.to_string());
             }

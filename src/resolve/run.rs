@@ -14,6 +14,7 @@ use super::dane::{DaneLookup, DaneResolver};
 use super::decide::{self, Decision, Event, Journal};
 use super::shared;
 use super::{Lookup, Resolution, Settings, rfc3339};
+use crate::cache::Name;
 use crate::cache::fleet::{Fleet, Found, Shared};
 use crate::cache::journal::{Record, Store};
 use crate::cache::schedule::{Due, Schedule, Timing};
@@ -583,7 +584,7 @@ impl Resolver {
     /// Puts a policy loaded from disk into the cache (warm restart), its first check spread over
     /// the refresh interval. Takes the domain as an `Arc` so the cache and the schedule keep the
     /// caller's copy (the journal's) instead of two more.
-    pub fn preload(&self, domain: Arc<str>, entry: Arc<PolicyEntry>) {
+    pub fn preload(&self, domain: Name, entry: Arc<PolicyEntry>) {
         let now = self.clock.now();
         let next = self.timing().first_check(&domain, &entry, now);
         self.cache

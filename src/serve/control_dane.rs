@@ -57,7 +57,7 @@ pub fn rows(cache: &DaneCache, mode: &str, now: SystemTime) -> Vec<Value> {
         .into_iter()
         .filter(|(_, e)| e.is_valid(now) && e.state.verdict.level() == Some(mode))
         .map(|(key, e)| {
-            json!({"domain": key.as_ref(), "kind": "dane", "mode": mode,
+            json!({"domain": key.as_str(), "kind": "dane", "mode": mode,
                    "hosts": e.state.hosts.len(), "expires": time(e.expires()),
                    "checked": time(e.checked)})
         })

@@ -284,6 +284,13 @@ pub fn classify(e: &RedisError) -> (FleetError, String) {
 mod tests {
     use super::*;
 
+    /// Held by the tests that reach the breaker's log lines. A log line's call site caches whether
+    /// any subscriber wants it when it is first reached; if the breaker test reached it first on
+    /// its thread while the log test was installing its subscriber, the cached answer could miss
+    /// the log test's subscriber and the line would never be captured. One at a time, the log
+    /// test's `rebuild_interest_cache` always comes after any first use.
+    static BREAKER_LOGS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     fn client() -> Client {
         // Port 9 (discard) on loopback: nothing answers there in a test sandbox.
         Client::new(
@@ -297,6 +304,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_breaker_opens_after_repeated_failures_and_probes_once_after_a_while() {
+        let _serial = BREAKER_LOGS.lock().await;
         let c = client();
         for _ in 0..TRIP_AFTER {
             assert!(c.admit());
@@ -350,6 +358,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_warning_when_the_server_becomes_unavailable_not_one_per_failure() {
+        let _serial = BREAKER_LOGS.lock().await;
         let logs = Logs::default();
         let w = logs.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::Name;
 use crate::cache::dane::DaneEntry;
 use crate::cache::memory::PolicyEntry;
 use crate::dane::DaneState;
@@ -39,22 +40,19 @@ const RECORD_VERSION: u64 = 1;
 pub enum Record {
     /// A fetched policy; `entry.expires()` is recomputed from `fetched` and max_age at load.
     Policy {
-        domain: Arc<str>,
+        domain: Name,
         entry: Arc<PolicyEntry>,
     },
     /// A remembered "no policy" (or fetch back-off) that holds until `until`.
     Negative {
-        domain: Arc<str>,
+        domain: Name,
         reason: String,
         until: SystemTime,
     },
     /// A DANE state; `domain` is [`DANE_PREFIX`] + the destination (see [`Record::dane`]).
-    Dane {
-        domain: Arc<str>,
-        entry: Arc<DaneEntry>,
-    },
+    Dane { domain: Name, entry: Arc<DaneEntry> },
     /// Forget the domain (or, with [`DANE_PREFIX`], the DANE destination).
-    Remove { domain: Arc<str> },
+    Remove { domain: Name },
 }
 
 // ---- CRC-32 ---------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ impl Record {
         self.domain_arc()
     }
 
-    pub(super) fn domain_arc(&self) -> &Arc<str> {
+    pub(super) fn domain_arc(&self) -> &Name {
         match self {
             Record::Policy { domain, .. }
             | Record::Negative { domain, .. }
@@ -262,7 +260,7 @@ impl Record {
             Some(v) => return Err(format!("unknown record version {v}")),
             None => return Err("no record version \"v\"".to_owned()),
         }
-        let domain: Arc<str> = raw.d.ok_or("no domain \"d\"")?.into();
+        let domain: Name = raw.d.ok_or("no domain \"d\"")?.into();
         match raw.t {
             Some(Kind::Policy) => {
                 let (Some(id), Some(fetched), Some(text)) = (raw.id, raw.fetched, raw.policy)

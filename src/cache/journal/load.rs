@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::error::StoreError;
 use super::format::{DANE_PREFIX, HEADER, HEADER_PREFIX, JOURNAL, Record, unix_seconds};
+use crate::cache::Name;
 use crate::cache::dane::DaneEntry;
 use crate::cache::memory::PolicyEntry;
 
@@ -73,9 +74,9 @@ pub struct Loaded {
     /// written (so that inserting them in order leaves the most recent at the top of an LRU).
     /// The domain is the same `Arc` as the store's own index, so handing it on to the cache
     /// costs no further copy.
-    pub policies: Vec<(Arc<str>, Arc<PolicyEntry>)>,
+    pub policies: Vec<(Name, Arc<PolicyEntry>)>,
     /// `(domain, reason, until)` with `until > now`, in the same order.
-    pub negatives: Vec<(Arc<str>, String, SystemTime)>,
+    pub negatives: Vec<(Name, String, SystemTime)>,
     /// DANE states unexpired at `now`, by destination (without the journal's `dane:` prefix).
     pub dane: Vec<(String, Arc<DaneEntry>)>,
     /// Valid records read, superseded ones included.
@@ -136,7 +137,7 @@ impl Kept {
     }
 
     /// The journal line of this record for `domain`, without its newline.
-    pub(super) fn line(&self, domain: &Arc<str>) -> Result<String, serde_json::Error> {
+    pub(super) fn line(&self, domain: &Name) -> Result<String, serde_json::Error> {
         let record = match self {
             Kept::Policy(entry) => Record::Policy {
                 domain: domain.clone(),
@@ -159,7 +160,7 @@ impl Kept {
 /// The result of reading a journal: what to hand out, and what the writer starts from.
 pub(super) struct Scan {
     pub(super) loaded: Loaded,
-    pub(super) live: HashMap<Arc<str>, Live>,
+    pub(super) live: HashMap<Name, Live>,
     /// Larger than every `seq` in `live`.
     pub(super) next_seq: u64,
     /// What later compactions may delete as expired.
@@ -218,7 +219,7 @@ pub(super) fn scan(bytes: &[u8], now: SystemTime, path: &Path) -> Scan {
     // cache allocated next would then sit above freed holes the kernel never gets back (measured:
     // 9 MiB more RSS with 100,000 policies).
     let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-    let mut live: HashMap<Arc<str>, Live> = HashMap::with_capacity(lines);
+    let mut live: HashMap<Name, Live> = HashMap::with_capacity(lines);
     let mut slots: Vec<Option<(Record, &[u8])>> = Vec::with_capacity(lines);
 
     for (i, raw) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {

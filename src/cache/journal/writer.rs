@@ -23,6 +23,7 @@ use tracing::{error, info};
 use super::error::StoreError;
 use super::format::{HEADER, JOURNAL, JOURNAL_TMP, Record};
 use super::load::{self, Expiry, Kept, Live, Loaded, Scan};
+use crate::cache::Name;
 
 /// Compaction runs when the journal holds more than `2 × live + COMPACT_SLACK` records: the file
 /// stays within a small multiple of the live set, and a small cache is not rewritten constantly.
@@ -109,7 +110,7 @@ pub(super) struct Writer {
     /// The journal, positioned at its end. None only before the first compaction at open.
     file: Option<File>,
     /// The live line per domain: exactly what a compaction writes.
-    live: HashMap<Arc<str>, Live>,
+    live: HashMap<Name, Live>,
     seq: u64,
     journal_records: usize,
     journal_bytes: u64,
@@ -376,7 +377,7 @@ impl Writer {
         self.clock_ahead = ahead;
         let cutoff = self.expiry.cutoff(now);
         self.live.retain(|_, l| l.expires() > cutoff);
-        let mut order: Vec<(&Arc<str>, &Live)> = self.live.iter().collect();
+        let mut order: Vec<(&Name, &Live)> = self.live.iter().collect();
         order.sort_unstable_by_key(|(_, l)| l.seq);
         let mut lines = Vec::with_capacity(order.len());
         for (domain, l) in order {
