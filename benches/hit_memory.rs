@@ -11,8 +11,12 @@
 //! journal through the daemon's own writer, `Store::open` reads it back and every policy is
 //! preloaded in journal order, so the allocations lie in memory as they do in the daemon.
 //!
+//!     cargo build --release -p loadgen          # the seeding tool (or set LOADGEN=path)
 //!     cargo bench --bench hit_memory            # 1,000,000 vs 10 policies, 3 mx lines each
 //!     HIT_MEMORY_BIG=100000 cargo bench --bench hit_memory
+//!     CARGO_PROFILE_BENCH_LTO=fat CARGO_PROFILE_BENCH_CODEGEN_UNITS=1 cargo bench --bench hit_memory
+//!
+//! The last one builds the hit path the way the release profile (what ships) does.
 //!
 //! The keys are drawn at random over all cached domains (splitmix64), as loadgen does, and
 //! formatted as `d{i}.example` the way Postfix would send them.
@@ -120,8 +124,8 @@ fn round(rt: &tokio::runtime::Runtime, resolver: &Arc<Resolver>, n: u64, seed: &
             };
             out.clear();
             out.extend_from_slice(b"OK ");
-            for part in value.wire_parts() {
-                out.extend_from_slice(part);
+            for part in value.parts() {
+                out.extend_from_slice(part.as_bytes());
             }
             std::hint::black_box(&out);
         }

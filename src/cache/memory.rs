@@ -60,10 +60,6 @@ impl SharedText for PolicyEntry {
     fn text(&self) -> &str {
         self.policy.mx.as_match_list()
     }
-
-    fn bytes(&self) -> &[u8] {
-        self.policy.mx.as_match_bytes()
-    }
 }
 
 enum Slot {

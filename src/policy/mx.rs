@@ -1,6 +1,5 @@
 //! MX host patterns of a policy (RFC 8461 §3.2) and how an MX host name matches them (§4.1).
 
-use std::fmt;
 use std::net::IpAddr;
 
 use super::grammar::shown;
@@ -97,78 +96,13 @@ impl<'a> Mx<'a> {
 /// pattern adds nothing to RFC 8461 §4.1 matching; the policy's `lines` keep the file as it was),
 /// stored as exactly the Postfix `match=` list (`mail.example.com:.example.net`): the answer
 /// for a cached policy is then this string with a fixed head and tail, so the lookup path
-/// copies it instead of rendering it. Kept inside the policy itself when short (see
-/// [`MatchText`]).
+/// copies it instead of rendering it. One allocation per policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MxList(MatchText);
-
-/// Longest `match=` list stored inside the [`MxList`] itself; most policies' lists fit (three
-/// host names of 25 characters do). Sized so that an `MxList` takes 80 bytes.
-const INLINE_MATCH_LIST: usize = 78;
-
-/// The `match=` list's text: inline when it fits, else in an allocation of its own.
-///
-/// Why inline: a cache hit copies this text into the reply, and with a million cached policies
-/// neither the policy nor a separate string is in the CPU caches. Inline, the text lies in the
-/// cache lines the hit already reads for the policy's mode and expiry, so the hit takes one
-/// memory round trip fewer. A list that fits costs no more memory than before: the inline room
-/// is 64 bytes more than a pointer and a length, and the allocation it replaces took about as
-/// much with the allocator's header and rounding (measured: see README "Performance").
-#[derive(Clone, PartialEq, Eq)]
-enum MatchText {
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_MATCH_LIST],
-    },
-    Boxed(Box<str>),
-}
-
-impl MatchText {
-    fn new(text: &str) -> MatchText {
-        match u8::try_from(text.len()) {
-            Ok(len) if text.len() <= INLINE_MATCH_LIST => {
-                let mut bytes = [0; INLINE_MATCH_LIST];
-                bytes[..text.len()].copy_from_slice(text.as_bytes());
-                MatchText::Inline { len, bytes }
-            }
-            _ => MatchText::Boxed(text.into()),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            MatchText::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            MatchText::Boxed(text) => text.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            // Bytes copied from a `&str` in `new`: the check cannot fail (an ASCII list of a few
-            // dozen bytes is checked a word at a time).
-            MatchText::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            MatchText::Boxed(text) => text,
-        }
-    }
-}
-
-impl Default for MatchText {
-    fn default() -> MatchText {
-        MatchText::new("")
-    }
-}
-
-impl fmt::Debug for MatchText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+pub struct MxList(Box<str>);
 
 impl MxList {
-    /// Inline, or one exact allocation: this runs for every policy loaded at start-up, and
-    /// growing a string would leave freed fragments between the long-lived ones.
+    /// One exact allocation: this runs for every policy loaded at start-up, and growing a string
+    /// would leave freed fragments between the long-lived ones.
     pub(super) fn from_checked(patterns: &[Mx<'_>]) -> MxList {
         // Patterns compare case-insensitively; a policy has a handful, so quadratic is fine.
         let same = |a: &Mx<'_>, b: &Mx<'_>| {
@@ -197,12 +131,11 @@ impl MxList {
             }
             s.extend(p.domain.chars().map(|c| c.to_ascii_lowercase()));
         }
-        MxList(MatchText::new(&s))
+        MxList(s.into_boxed_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Mx<'_>> + Clone {
         self.0
-            .as_str()
             .split(':')
             .filter(|f| !f.is_empty())
             .map(Mx::from_match_form)
@@ -210,12 +143,7 @@ impl MxList {
 
     /// The patterns as Postfix's `match=` value: `mail.example.com:.example.net`.
     pub fn as_match_list(&self) -> &str {
-        self.0.as_str()
-    }
-
-    /// [`MxList::as_match_list`] as bytes, for the reply encoders: no UTF-8 check on the hit path.
-    pub fn as_match_bytes(&self) -> &[u8] {
-        self.0.bytes()
+        &self.0
     }
 
     /// The `i`-th pattern in file order.
@@ -232,7 +160,7 @@ impl MxList {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.bytes().is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -380,41 +308,6 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{s:?} rejected: {e}"),
         }
-    }
-
-    #[test]
-    fn a_match_list_is_the_same_inline_or_in_its_own_allocation() {
-        assert_eq!(std::mem::size_of::<MxList>(), 80);
-        assert!(MxList::default().is_empty() && MxList::default().as_match_list().is_empty());
-        for n in [1, 3, 4, 5, 20] {
-            let hosts: Vec<String> = (0..n).map(|i| format!("mx{i}.mail.example.com")).collect();
-            let list = hosts.join(":");
-            let body = format!(
-                "version: STSv1\nmode: enforce\n{}max_age: 86400\n",
-                hosts
-                    .iter()
-                    .map(|h| format!("mx: {h}\n"))
-                    .collect::<String>()
-            );
-            let p = crate::policy::parse_policy(body.as_bytes()).unwrap();
-            assert_eq!(p.mx.as_match_list(), list);
-            assert_eq!(p.mx.as_match_bytes(), list.as_bytes());
-            assert!(!p.mx.is_empty());
-            assert_eq!(p.mx.len(), n);
-            assert_eq!(p.mx.clone(), p.mx);
-            assert_eq!(format!("{:?}", p.mx), format!("MxList({list:?})"));
-        }
-        let at_limit = "a".repeat(INLINE_MATCH_LIST);
-        assert!(matches!(
-            MatchText::new(&at_limit),
-            MatchText::Inline { .. }
-        ));
-        assert!(matches!(
-            MatchText::new(&format!("{at_limit}a")),
-            MatchText::Boxed(_)
-        ));
-        assert_eq!(MatchText::new(&at_limit).as_str(), at_limit);
-        assert_eq!(MatchText::new(&at_limit).bytes(), at_limit.as_bytes());
     }
 
     #[test]

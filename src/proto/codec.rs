@@ -53,12 +53,6 @@ pub trait Codec: Send {
 /// to the encoder without a copy or an allocation of its own.
 pub trait SharedText: Send + Sync + fmt::Debug {
     fn text(&self) -> &str;
-
-    /// The same text as bytes, which is all the encoders need; a type that keeps its text as
-    /// checked bytes hands them over without checking them again as UTF-8.
-    fn bytes(&self) -> &[u8] {
-        self.text().as_bytes()
-    }
 }
 
 impl SharedText for String {
@@ -90,16 +84,8 @@ impl Value {
         }
     }
 
-    /// [`Value::parts`] as bytes: what the encoders write.
-    pub fn wire_parts(&self) -> [&[u8]; 3] {
-        match self {
-            Value::Owned(s) => [s.as_bytes(), b"", b""],
-            Value::Shared { head, body, tail } => [head.as_bytes(), body.bytes(), tail.as_bytes()],
-        }
-    }
-
     pub fn len(&self) -> usize {
-        self.wire_parts().iter().map(|p| p.len()).sum()
+        self.parts().iter().map(|p| p.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -200,7 +200,7 @@ pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
                 );
                 put_netstring(dst, "TEMP ", "reply too large for socketmap");
             } else {
-                put_netstring_parts(dst, "OK ", &value.wire_parts());
+                put_netstring_parts(dst, "OK ", &value.parts());
             }
         }
         Reply::NotFound => put_netstring(dst, "NOTFOUND ", ""),
@@ -217,12 +217,12 @@ fn put_reason(dst: &mut BytesMut, status: &str, reason: &str) {
 /// (its time limit, `socketmap_table(5)`). `usize`'s `Display` never emits leading zeros
 /// (netstrings.txt forbids them).
 fn put_netstring(dst: &mut BytesMut, status: &str, text: &str) {
-    put_netstring_parts(dst, status, &[text.as_bytes()]);
+    put_netstring_parts(dst, status, &[text]);
 }
 
 /// One netstring whose payload is `status` followed by `parts`, written straight into `dst`
 /// (no intermediate string: this is the lookup path).
-fn put_netstring_parts(dst: &mut BytesMut, status: &str, parts: &[&[u8]]) {
+fn put_netstring_parts(dst: &mut BytesMut, status: &str, parts: &[&str]) {
     use std::fmt::Write as _;
     let payload = status.len() + parts.iter().map(|p| p.len()).sum::<usize>();
     // At most 6 digits (MAX_REPLY); the colon, comma and status are counted in `payload`.
@@ -231,7 +231,7 @@ fn put_netstring_parts(dst: &mut BytesMut, status: &str, parts: &[&[u8]]) {
     let _ = write!(dst, "{payload}:");
     dst.extend_from_slice(status.as_bytes());
     for p in parts {
-        dst.extend_from_slice(p);
+        dst.extend_from_slice(p.as_bytes());
     }
     dst.extend_from_slice(b",");
 }

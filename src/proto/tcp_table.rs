@@ -232,9 +232,9 @@ pub fn found_fits(value: &str) -> bool {
 pub fn value_fits(value: &Value) -> bool {
     LINE_OVERHEAD
         + value
-            .wire_parts()
+            .parts()
             .iter()
-            .map(|p| encoded_len(p))
+            .map(|p| encoded_len(p.as_bytes()))
             .sum::<usize>()
         <= MAX_LINE
 }
@@ -260,7 +260,7 @@ pub fn encode_reply(reply: &Reply, dst: &mut BytesMut) {
                 );
                 put_line(dst, b"400 ", "reply too large for tcp_table");
             } else {
-                put_line_parts(dst, b"200 ", &value.wire_parts());
+                put_line_parts(dst, b"200 ", &value.parts());
             }
         }
         Reply::NotFound => put_line(dst, b"500 ", "not found"),
@@ -285,16 +285,16 @@ fn fit_reason(reason: &str) -> &str {
 }
 
 fn put_line(dst: &mut BytesMut, status: &[u8], text: &str) {
-    put_line_parts(dst, status, &[text.as_bytes()]);
+    put_line_parts(dst, status, &[text]);
 }
 
 /// One reply line, `status` then the %XX-encoded `parts`, written straight into `dst`.
-fn put_line_parts(dst: &mut BytesMut, status: &[u8], parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|p| encoded_len(p)).sum();
+fn put_line_parts(dst: &mut BytesMut, status: &[u8], parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| encoded_len(p.as_bytes())).sum();
     dst.reserve(status.len() + len + 1);
     dst.extend_from_slice(status);
     for p in parts {
-        push_encoded(dst, p);
+        push_encoded(dst, p.as_bytes());
     }
     dst.extend_from_slice(b"\n");
 }
