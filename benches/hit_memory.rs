@@ -22,34 +22,21 @@
 //! formatted as `d{i}.example` the way Postfix would send them.
 
 use std::io::Write as _;
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use mta_sts_policyd::answer::{self, Profile, Rendered};
-use mta_sts_policyd::cache::Cache;
 use mta_sts_policyd::cache::journal::Store;
-use mta_sts_policyd::clock::SystemClock;
-use mta_sts_policyd::discovery::{BoxFuture, FetchError, PolicySource, TxtLookup};
 use mta_sts_policyd::proto::SharedText;
-use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver, Settings};
+use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver};
+
+#[path = "support/hit_only.rs"]
+mod hit_only;
 
 const LOOKUPS_PER_ROUND: u64 = 2_000_000;
 const ROUNDS: usize = 5;
-
-struct NoNetwork;
-
-impl PolicySource for NoNetwork {
-    fn txt<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, TxtLookup> {
-        panic!("benchmark lookup of {domain} missed the cache and asked DNS")
-    }
-
-    fn fetch<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
-        panic!("benchmark lookup of {domain} missed the cache and fetched HTTPS")
-    }
-}
 
 fn seeded(dir: &Path, n: u64) -> Arc<Resolver> {
     let loadgen = std::env::var_os("LOADGEN").map_or_else(
@@ -70,17 +57,7 @@ fn seeded(dir: &Path, n: u64) -> Arc<Resolver> {
     assert!(status.success(), "loadgen seed failed");
     let (store, loaded) = Store::open(dir, SystemTime::now()).expect("seeded journal opens");
     drop(store);
-    let resolver = Resolver::new(
-        Cache::new(NonZeroUsize::new(2 * n as usize).expect("non-zero")),
-        Arc::new(NoNetwork),
-        Arc::new(SystemClock),
-        Settings {
-            deadline: Duration::from_secs(5),
-            negative_ttl: Duration::from_secs(3600),
-            dns_failure_ttl: Duration::from_secs(60),
-            refresh_interval: Duration::from_secs(86_400),
-        },
-    );
+    let resolver = hit_only::resolver(2 * n as usize);
     for (domain, entry) in loaded.policies {
         resolver.preload(domain, entry);
     }

@@ -20,12 +20,13 @@ use tokio_util::codec::Decoder;
 
 use mta_sts_policyd::answer::{self, Profile, Rendered};
 use mta_sts_policyd::cache::{Cache, Hit, PolicyEntry};
-use mta_sts_policyd::clock::SystemClock;
-use mta_sts_policyd::discovery::{BoxFuture, FetchError, PolicySource, TxtLookup};
 use mta_sts_policyd::key::policy_domain;
 use mta_sts_policyd::policy::{Policy, parse_policy, parse_sts_record, select_sts_record};
 use mta_sts_policyd::proto::{Reply, SharedText, Value, socketmap, tcp_table};
-use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver, Settings};
+use mta_sts_policyd::resolve::{Lookup, Resolution, Resolver};
+
+#[path = "support/hit_only.rs"]
+mod hit_only;
 
 /// The example policy of RFC 8461 §3.2.
 const RFC_EXAMPLE: &str = "version: STSv1\n\
@@ -318,31 +319,8 @@ fn bench_cache(c: &mut Criterion) {
     g.finish();
 }
 
-/// A source that must never be asked: every benchmarked lookup is a cache hit.
-struct NoNetwork;
-
-impl PolicySource for NoNetwork {
-    fn txt<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, TxtLookup> {
-        panic!("benchmark lookup of {domain} missed the cache and asked DNS")
-    }
-
-    fn fetch<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
-        panic!("benchmark lookup of {domain} missed the cache and fetched HTTPS")
-    }
-}
-
 fn resolver(n: usize) -> Arc<Resolver> {
-    let resolver = Resolver::new(
-        Cache::new(NonZeroUsize::new(2 * n).expect("non-zero")),
-        Arc::new(NoNetwork),
-        Arc::new(SystemClock),
-        Settings {
-            deadline: Duration::from_secs(5),
-            negative_ttl: Duration::from_secs(3600),
-            dns_failure_ttl: Duration::from_secs(60),
-            refresh_interval: Duration::from_secs(86_400),
-        },
-    );
+    let resolver = hit_only::resolver(2 * n);
     let e = entry();
     for i in 0..n {
         resolver.preload(domain(i).into(), e.clone());
