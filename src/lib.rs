@@ -37,3 +37,5 @@ pub mod proto;
 pub mod resolve;
 pub mod serve;
 pub mod service;
+#[cfg(test)]
+pub(crate) mod test_log;

@@ -153,7 +153,6 @@ pub async fn sweep(resolver: Arc<Resolver>, mut shutdown: watch::Receiver<bool>)
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::Ordering;
 
     use super::*;
@@ -163,6 +162,7 @@ mod tests {
     use crate::policy::{Mode, parse_policy};
     use crate::resolve::Resolution;
     use crate::resolve::tests::{id_of, policy, resolve, resolver};
+    use crate::test_log::Logs;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -188,45 +188,6 @@ mod tests {
             );
         }
         r
-    }
-
-    /// Captures log lines at warn and above for the current (single-threaded) test runtime.
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-            let logs = Logs::default();
-            let w = logs.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::WARN)
-                .with_ansi(false)
-                .with_writer(move || w.clone())
-                .finish();
-            let guard = tracing::subscriber::set_default(subscriber);
-            // See cache::journal's test `logged`: interest cached by another test thread.
-            tracing::callsite::rebuild_interest_cache();
-            (logs, guard)
-        }
-        fn count(&self, needle: &str) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains(needle))
-                .count()
-        }
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -395,7 +356,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expiry_with_every_refresh_failing_ends_in_no_policy_warned_once_per_backoff() {
-        let (logs, _guard) = Logs::capture();
+        let (logs, _guard) = Logs::capture(tracing::Level::WARN);
         let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 7200));
         let r = resolver(&fake);
@@ -422,7 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn mode_none_with_a_new_id_cancels_and_the_downgrade_is_warned() {
-        let (logs, _guard) = Logs::capture();
+        let (logs, _guard) = Logs::capture(tracing::Level::WARN);
         let fake = Arc::new(FakeSource::default());
         fake.publish("one", &policy("enforce", 604_800));
         let r = resolver(&fake);

@@ -283,6 +283,7 @@ pub fn classify(e: &RedisError) -> (FleetError, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_log::Logs;
 
     /// Held by the tests that reach the breaker's log lines. A log line's call site caches whether
     /// any subscriber wants it when it is first reached; if the breaker test reached it first on
@@ -333,41 +334,10 @@ mod tests {
         assert_eq!(c.health().up, Some(true));
     }
 
-    /// Log lines at info and above, for this (single-threaded) test.
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn count(&self, needle: &str) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains(needle))
-                .count()
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn one_warning_when_the_server_becomes_unavailable_not_one_per_failure() {
         let _serial = BREAKER_LOGS.lock().await;
-        let logs = Logs::default();
-        let w = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        tracing::callsite::rebuild_interest_cache();
+        let (logs, _guard) = Logs::capture(tracing::Level::INFO);
         let c = client();
         for _ in 0..3 {
             for _ in 0..50 {

@@ -1,8 +1,7 @@
 //! Helpers shared by the journal's tests: records, file paths and a log capture.
 
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::test_runner::Config as ProptestConfig;
@@ -11,6 +10,7 @@ use super::format::{JOURNAL, Record, crc32, unix_seconds};
 use super::load::{Loaded, Scan, scan};
 use crate::cache::memory::PolicyEntry;
 use crate::policy::parse_policy;
+use crate::test_log::Logs;
 
 /// Now, in whole seconds: the journal stores seconds, and the writer's compaction uses the
 /// real clock, so test times stay near it.
@@ -84,34 +84,12 @@ pub(super) fn scan_bytes(bytes: &[u8], now: SystemTime) -> Scan {
     scan(bytes, now, Path::new("test.journal"))
 }
 
-/// Captures what `tracing` logs on this thread while `f` runs.
+/// Captures what `tracing` logs at warn and above on this thread while `f` runs.
 pub(super) fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || writer.clone())
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, || {
-        // A callsite first reached by another test thread while no subscriber wanted it can
-        // keep a cached "never" interest; rebuilding makes this thread's subscriber count.
-        tracing::callsite::rebuild_interest_cache();
-        f()
-    });
-    let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    (out, text)
+    let (logs, guard) = Logs::capture(tracing::Level::WARN);
+    let out = f();
+    drop(guard);
+    (out, logs.text())
 }
 
 pub(super) fn policy_json(domain: &str, id: &str, fetched: SystemTime) -> String {
